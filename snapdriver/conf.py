@@ -1,0 +1,170 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Configuration options of the ``[snapdriver]`` group.
+
+The options are registered on Nova's global ``CONF`` object on import, so
+they are read from the same ``nova.conf`` as the rest of nova-compute.
+"""
+
+from oslo_config import cfg
+
+import nova.conf
+
+CONF = nova.conf.CONF
+
+DEFAULT_STRATEGIES = ['live-shallow-rebase', 'cold-direct-extract', 'stock']
+
+snapdriver_group = cfg.OptGroup(
+    'snapdriver',
+    title='Snapshot strategy options',
+    help="""
+Options for the snapdriver compute driver
+(``compute_driver = snapdriver.LibvirtSnapshotDriver``), which replaces the
+libvirt driver's ``snapshot()`` (``nova image-create``, ``createBackup``,
+shelve) with a registry of snapshot strategies.
+""")
+
+snapdriver_opts = [
+    cfg.ListOpt(
+        'strategies',
+        default=DEFAULT_STRATEGIES,
+        help="""
+Ordered list of snapshot strategies to try.
+
+For each snapshot, the first strategy in this list that applies to the
+instance (its power state, disk backend and format, hypervisor support and
+Nova's own settings such as ``[workarounds] disable_libvirt_livesnapshot``)
+is used. The reasons each earlier strategy was skipped are logged. If none
+applies, the snapshot fails before the guest is touched.
+
+A list without any cold strategy means "never stop my guests": an instance
+that cannot be snapshotted live then fails to snapshot instead of being
+stopped.
+
+Possible values:
+
+* ``live-shallow-rebase``: no guest downtime; mirrors the root disk onto a
+  qcow2 overlay with a transient block copy job (the domain stays
+  persistent), then flattens the overlay.
+* ``cold-direct-extract``: managed-saves a running or paused guest, converts
+  the disk directly, restores the guest.
+* ``cold-internal``: managed-saves the guest, takes a qcow2 internal snapshot,
+  extracts it, deletes it, restores the guest (qcow2 disks only).
+* ``stock``: the inherited libvirt driver's ``snapshot()``; covers backends
+  the other strategies do not (RBD, LVM, ploop).
+* Any name registered by a third-party package in the
+  ``snapdriver.snapshot_strategies`` entry point namespace.
+
+Unknown names stop nova-compute at start with an error that lists the
+installed strategies.
+
+Related options:
+
+* ``[libvirt] snapshot_image_format``, ``[libvirt] snapshot_compression``,
+  ``[libvirt] snapshots_directory``: honoured by every strategy.
+"""),
+    cfg.IntOpt(
+        'qemu_img_timeout',
+        default=3600,
+        min=1,
+        help="""
+Maximum time in seconds for one ``qemu-img`` command that copies data
+(``convert``, internal snapshot create/delete).
+
+A command still running after this time is killed, the guest is restored
+to the power state it had and the snapshot fails with an error naming this
+option.
+
+Possible values:
+
+* A positive number of seconds. Size it for the largest root disk on the
+  host: about the time a ``qemu-img convert`` of that disk takes, times 3.
+
+Related options:
+
+* ``block_job_timeout``
+"""),
+    cfg.IntOpt(
+        'block_job_timeout',
+        default=3600,
+        min=1,
+        help="""
+Maximum time in seconds that a live strategy waits for its libvirt block job
+(the block copy of ``live-shallow-rebase``) to reach the ready state.
+
+On timeout the job is aborted, the guest keeps running untouched and the
+snapshot fails with an error naming this option.
+
+Possible values:
+
+* A positive number of seconds.
+
+Related options:
+
+* ``qemu_img_timeout``
+"""),
+    cfg.FloatOpt(
+        'block_job_poll_interval',
+        default=0.1,
+        min=0.01,
+        max=10,
+        help="""
+Seconds between two checks of a libvirt block job's progress.
+
+Shorter intervals end a live snapshot sooner after the copy is in sync;
+Nova's own live snapshot polls every 0.5 seconds.
+
+Possible values:
+
+* A number of seconds between 0.01 and 10.
+"""),
+    cfg.IntOpt(
+        'free_space_margin_mb',
+        default=256,
+        min=0,
+        help="""
+Space in MiB that must stay free in ``[libvirt] snapshots_directory`` after
+a snapshot's temporary files are written.
+
+Before the guest is touched, each strategy estimates the space it needs
+(``qemu-img measure`` of the output, plus any overlay) and the snapshot
+fails at once, with no downtime, if the free space minus this margin is
+smaller.
+
+Possible values:
+
+* ``0`` or a positive number of MiB.
+
+Related options:
+
+* ``[libvirt] snapshots_directory``
+"""),
+]
+
+
+def register_opts(conf):
+    conf.register_group(snapdriver_group)
+    conf.register_opts(snapdriver_opts, group=snapdriver_group)
+
+
+register_opts(CONF)
+
+
+def list_opts():
+    """Return the options of snapdriver for oslo-config-generator.
+
+    Used through the ``oslo.config.opts`` entry point named ``snapdriver``.
+
+    :returns: a list of ``(group, [options])`` tuples.
+    """
+    return [(snapdriver_group, snapdriver_opts)]

@@ -1,0 +1,136 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""LibvirtSnapshotDriver: the stock libvirt driver with pluggable snapshots.
+
+Enable with ``compute_driver = snapdriver.LibvirtSnapshotDriver`` in
+nova.conf. Everything but ``snapshot()`` is inherited unchanged.
+"""
+
+from nova.compute import task_states
+from nova.compute import utils as compute_utils
+from nova import exception as nova_exception
+from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import utils as libvirt_utils
+from oslo_concurrency import lockutils
+from oslo_log import log as logging
+from oslo_utils import excutils
+
+from snapdriver import conf
+from snapdriver import guest_state
+from snapdriver import request as snap_request
+from snapdriver import runner
+from snapdriver import strategies
+from snapdriver.strategies import live_shallow_rebase
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+
+class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
+    """A LibvirtDriver whose snapshot() runs a configurable strategy."""
+
+    def __init__(self, virtapi, read_only=False):
+        super().__init__(virtapi, read_only)
+        self._snapshot_registry = None
+
+    @property
+    def snapshot_registry(self):
+        if self._snapshot_registry is None:
+            self._snapshot_registry = strategies.Registry.load()
+        return self._snapshot_registry
+
+    def init_host(self, host):
+        # Fail fast, before the service does anything, on a bad
+        # [snapdriver] strategies.
+        self._snapshot_registry = strategies.Registry.load()
+        super().init_host(host)
+        self._clean_snapshot_leftovers()
+
+    def _clean_snapshot_leftovers(self):
+        """Clean what snapshots killed with nova-compute left behind.
+
+        No snapshot runs while the service starts, so every work directory
+        of ours is stale; block copy jobs onto our overlays are aborted.
+        """
+        snapdir = CONF.libvirt.snapshots_directory
+        for path in runner.clean_stale_workdirs(snapdir):
+            LOG.warning('Removed work directory %s left by an interrupted '
+                        'snapshot', path)
+        try:
+            guests = self._host.list_guests(only_running=True)
+        except Exception:
+            LOG.exception('Could not list domains to look for block jobs '
+                          'left by interrupted snapshots')
+            return
+        for guest in guests:
+            try:
+                request = snap_request.build(guest, image_format='raw')
+                for item in live_shallow_rebase.LiveShallowRebase(
+                        ).clean_leftovers(request):
+                    LOG.warning('Cleaned up %(item)s of domain %(name)s',
+                                {'item': item, 'name': guest.name})
+            except Exception as e:
+                LOG.debug('Skipped leftover check of domain %(name)s: '
+                          '%(err)s', {'name': guest.name, 'err': e})
+
+    def snapshot(self, context, instance, image_id, update_task_state):
+        """Snapshot the instance's root disk with the configured strategy.
+
+        Serialised per instance: two snapshots of one instance never run
+        two block jobs on one disk.
+        """
+        with lockutils.lock('snapdriver-snapshot-%s' % instance.uuid):
+            return self._snapshot(context, instance, image_id,
+                                  update_task_state)
+
+    def _snapshot(self, context, instance, image_id, update_task_state):
+        try:
+            guest = self._host.get_guest(instance)
+        except nova_exception.InstanceNotFound:
+            raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
+
+        snapshot = self._image_api.get(context, image_id)
+        request = snap_request.build(guest, instance=instance, driver=self)
+        strategy, _skipped = self.snapshot_registry.choose(request)
+        if strategy.delegates_to_driver:
+            return super().snapshot(context, instance, image_id,
+                                    update_task_state)
+
+        metadata = self._create_snapshot_metadata(
+            instance.image_meta, instance, request.image_format,
+            snapshot['name'])
+        power = guest_state.NovaPowerControl(self, context, instance, guest)
+
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        try:
+            with runner.captured(request, strategy, power,
+                                 image_id=image_id) as (out_path, run):
+                LOG.info('Snapshot extracted, beginning image upload',
+                         instance=instance)
+                update_task_state(
+                    task_state=task_states.IMAGE_UPLOADING,
+                    expected_state=task_states.IMAGE_PENDING_UPLOAD)
+                with libvirt_utils.file_open(out_path, 'rb') as image_file:
+                    # execute operation with disk concurrency semaphore
+                    with compute_utils.disk_ops_semaphore:
+                        self._image_api.update(context, image_id, metadata,
+                                               image_file)
+        except nova_exception.ImageNotFound:
+            with excutils.save_and_reraise_exception():
+                LOG.warning('Failed to snapshot image because it was '
+                            'deleted', instance=instance)
+        except Exception:
+            with excutils.save_and_reraise_exception():
+                LOG.exception('Failed to snapshot image', instance=instance)
+        LOG.info('Snapshot image upload complete (%(summary)s)',
+                 {'summary': run.summary()}, instance=instance)

@@ -1,0 +1,196 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""The only module that changes a guest's power state during a snapshot.
+
+:func:`held` brings the guest to the state a strategy needs and always
+brings it back to the state it had, even when the capture fails.
+:func:`quiesced` freezes the guest's filesystems through the guest agent
+when the image asks for it, and always thaws them.
+"""
+
+import contextlib
+import time
+
+from nova.compute import power_state
+from oslo_log import log as logging
+from oslo_utils import excutils
+
+from snapdriver import exception
+from snapdriver.strategies import base
+
+LOG = logging.getLogger(__name__)
+
+
+class LibvirtPowerControl(object):
+    """Suspend and restore a domain with libvirt alone (outside Nova)."""
+
+    def __init__(self, guest):
+        self.guest = guest
+
+    def suspend(self):
+        self.guest.save_memory_state()
+
+    def restore(self, paused):
+        self.guest.launch(pause=paused)
+
+
+class NovaPowerControl(object):
+    """Suspend and restore an instance the way the stock driver does.
+
+    Uses the driver's own ``suspend()`` (which detaches PCI devices,
+    direct-passthrough ports and mediated devices before the managed save)
+    and the stock driver's resume-after-snapshot path, which re-attaches
+    them.
+    """
+
+    def __init__(self, driver, context, instance, guest):
+        self.driver = driver
+        self.context = context
+        self.instance = instance
+        self.guest = guest
+
+    def suspend(self):
+        self.driver.suspend(self.context, self.instance)
+
+    def restore(self, paused):
+        original = power_state.PAUSED if paused else power_state.RUNNING
+        self.driver._resume_guest_after_snapshot(
+            self.context, False, original, self.instance, self.guest)
+
+
+class GuestStateRecord(object):
+    """What :func:`held` did, for logs, the CLI and the benchmark."""
+
+    def __init__(self):
+        self.suspended_at = None
+        self.restored_at = None
+
+    @property
+    def downtime(self):
+        """Seconds between the managed save and the restore, or 0."""
+        if self.suspended_at is None:
+            return 0.0
+        end = self.restored_at or time.monotonic()
+        return end - self.suspended_at
+
+
+@contextlib.contextmanager
+def held(request, needed, power, record=None):
+    """Hold the guest in the state ``needed`` for the ``with`` block.
+
+    :param request: the :class:`snapdriver.request.SnapshotRequest`.
+    :param needed: :data:`base.GUEST_LIVE` (the guest is left as it is) or
+        :data:`base.GUEST_QUIET` (a running or paused guest is
+        managed-saved, so nothing writes its disk, and restored after to
+        the state it had: running, or paused).
+    :param power: a :class:`LibvirtPowerControl` or
+        :class:`NovaPowerControl`.
+    :param record: a :class:`GuestStateRecord` to fill in, or ``None``.
+    """
+    record = record or GuestStateRecord()
+    suspend = needed == base.GUEST_QUIET and request.is_active
+    if not suspend:
+        yield record
+        return
+
+    paused = request.power_state == power_state.PAUSED
+    LOG.info('Managed-saving %(state)s guest %(name)s for a cold snapshot',
+             {'state': request.power_state_name, 'name': request.name},
+             instance=request.instance)
+    record.suspended_at = time.monotonic()
+    power.suspend()
+    try:
+        yield record
+    except Exception:
+        with excutils.save_and_reraise_exception():
+            _restore(request, power, paused, record)
+    else:
+        _restore(request, power, paused, record)
+
+
+def _restore(request, power, paused, record):
+    try:
+        power.restore(paused)
+    except Exception:
+        LOG.exception('Could not restore guest %(name)s to %(state)s after '
+                      'the snapshot; it is left managed-saved. Start it '
+                      'with "virsh start %(name)s" (or "openstack server '
+                      'start").',
+                      {'name': request.name,
+                       'state': request.power_state_name},
+                      instance=request.instance)
+        raise
+    record.restored_at = time.monotonic()
+    LOG.info('Guest %(name)s restored to %(state)s after %(t).3f s',
+             {'name': request.name, 'state': request.power_state_name,
+              't': record.downtime}, instance=request.instance)
+
+
+def can_quiesce(request):
+    """Return ``None`` when the guest can be quiesced, else the reason."""
+    if request.virt_type not in ('kvm', 'qemu'):
+        return 'virt_type %s cannot quiesce' % request.virt_type
+    if not request.image_properties.get('hw_qemu_guest_agent'):
+        return 'the image does not set hw_qemu_guest_agent=yes'
+    return None
+
+
+def requires_quiesce(request):
+    return bool(request.image_properties.get('os_require_quiesce'))
+
+
+def check_quiesce(request):
+    """Fail before the guest is touched when quiesce is required but cannot
+    happen.
+
+    :raises: :class:`exception.QuiesceRequired`
+    """
+    reason = can_quiesce(request)
+    if reason and requires_quiesce(request):
+        raise exception.QuiesceRequired(instance=request.label,
+                                        reason=reason)
+
+
+@contextlib.contextmanager
+def quiesced(request, record=None):
+    """Freeze the guest's filesystems for the ``with`` block, if asked.
+
+    The freeze happens only when the image sets ``hw_qemu_guest_agent``;
+    a failed freeze is fatal only when it sets ``os_require_quiesce`` (the
+    stock driver logs and continues even then, which silently breaks the
+    promise the image property makes). The thaw always follows.
+
+    :param record: a dict that receives ``frozen_seconds``, or ``None``.
+    """
+    frozen = False
+    if can_quiesce(request) is None:
+        try:
+            request.guest.freeze_filesystems()
+            frozen = True
+            t0 = time.monotonic()
+        except Exception as e:
+            if requires_quiesce(request):
+                raise exception.QuiesceRequired(instance=request.label,
+                                                reason=str(e))
+            LOG.warning('Quiescing guest %(name)s failed, continuing '
+                        'without: %(err)s', {'name': request.name, 'err': e},
+                        instance=request.instance)
+    try:
+        yield frozen
+    finally:
+        if frozen:
+            try:
+                request.guest.thaw_filesystems()
+            finally:
+                if record is not None:
+                    record['frozen_seconds'] = time.monotonic() - t0

@@ -1,0 +1,313 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Every qemu-img command snapdriver runs, in one place.
+
+Rules kept by every function here:
+
+* the input format is always given (``-f``): qemu-img never probes a
+  format, so a guest cannot make a raw disk be read as qcow2;
+* commands are argument lists run through
+  :func:`oslo_concurrency.processutils.execute`, never shell strings;
+* commands that only parse image headers (``info``, ``measure``, ``check``)
+  run under a ``prlimit`` like Nova's, so a crafted header cannot exhaust
+  the host;
+* commands that copy data have a timeout (``[snapdriver] qemu_img_timeout``
+  by default); on timeout the process is killed and :class:`QemuImgTimeout`
+  is raised;
+* failures are raised as :class:`snapdriver.exception.QemuImgFailed` with
+  qemu-img's own message.
+"""
+
+import json
+import signal
+import subprocess
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_utils import imageutils
+from oslo_utils import units
+
+from snapdriver import conf
+from snapdriver import exception
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+QEMU_IMG = 'qemu-img'
+
+#: Limits for header-parsing commands, as Nova's ``QEMU_IMG_LIMITS``.
+QEMU_IMG_LIMITS = processutils.ProcessLimits(
+    cpu_time=30,
+    address_space=1 * units.Gi)
+
+#: Prefix of every internal snapshot and temporary file snapshotdriver
+#: creates, so leftovers from a killed process can be found and removed.
+NAME_PREFIX = 'snapdriver-'
+
+#: Formats snapdriver reads from or writes to with qemu-img.
+KNOWN_FORMATS = ('raw', 'qcow2')
+
+
+def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
+    """Run one qemu-img command.
+
+    :param action: what the command does, for messages (``'convert'``).
+    :param path: the image the command is about, for messages.
+    :param args: the arguments after ``qemu-img``, as a list.
+    :param timeout: seconds before the process is killed, or ``None``.
+    :param prlimit: a :class:`processutils.ProcessLimits`, or ``None``.
+    :returns: ``(stdout, stderr)``.
+    :raises: :class:`exception.QemuImgTimeout` on timeout,
+        :class:`exception.QemuImgFailed` on a non-zero exit or a signal.
+    """
+    procs = []
+    cmd = [QEMU_IMG] + [str(a) for a in args]
+    try:
+        return processutils.execute(
+            *cmd, timeout=timeout, prlimit=prlimit,
+            on_execute=procs.append,
+            env_variables={'LC_ALL': 'C', 'LANG': 'C'})
+    except subprocess.TimeoutExpired:
+        # NOTE: processutils leaves the child running when communicate()
+        # times out; kill it so it stops touching the disk.
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+        LOG.error('qemu-img %(action)s of %(path)s killed after %(t)s s',
+                  {'action': action, 'path': path, 't': timeout})
+        raise exception.QemuImgTimeout(action=action, path=path,
+                                       timeout=timeout)
+    except processutils.ProcessExecutionError as e:
+        if e.exit_code is not None and e.exit_code < 0:
+            reason = 'killed by signal %s' % signal.Signals(
+                -e.exit_code).name
+        else:
+            reason = (e.stderr or e.stdout or '').strip() or (
+                'exit code %s' % e.exit_code)
+        if log_errors:
+            LOG.error('qemu-img %(action)s of %(path)s failed: %(reason)s',
+                      {'action': action, 'path': path, 'reason': reason})
+        raise exception.QemuImgFailed(action=action, path=path,
+                                      reason=reason)
+    except OSError as e:
+        raise exception.QemuImgFailed(action=action, path=path,
+                                      reason=str(e))
+
+
+def _check_format(fmt):
+    if not fmt:
+        raise ValueError('an explicit image format is required')
+    return fmt
+
+
+def info(path, fmt, backing_chain=False, force_share=False):
+    """Return ``qemu-img info`` of an image.
+
+    :param path: the image file.
+    :param fmt: the image's format, as declared (never probed).
+    :param backing_chain: also describe the whole backing chain.
+    :param force_share: read the header of an image a running QEMU holds
+        locked (``-U``); only safe for reading metadata.
+    :returns: an :class:`oslo_utils.imageutils.QemuImgInfo`, or a list of
+        them (top first) when ``backing_chain`` is true.
+    :raises: :class:`exception.QemuImgFailed`
+    """
+    args = ['info', '-f', _check_format(fmt), '--output=json']
+    if backing_chain:
+        args.append('--backing-chain')
+    if force_share:
+        args.append('--force-share')
+    args += ['--', path]
+    out, _err = _run('info', path, args, prlimit=QEMU_IMG_LIMITS)
+    if backing_chain:
+        return [imageutils.QemuImgInfo(json.dumps(layer), format='json')
+                for layer in json.loads(out)]
+    return imageutils.QemuImgInfo(out, format='json')
+
+
+def create(path, fmt, size, backing_file=None, backing_fmt=None):
+    """Create an image, optionally as an overlay on a backing file.
+
+    :param path: the file to create.
+    :param fmt: format of the new image.
+    :param size: virtual size in bytes.
+    :param backing_file: backing file of the new image, or ``None``.
+    :param backing_fmt: format of ``backing_file``; required with it
+        (QEMU 6.1 and later refuse to probe it).
+    :raises: :class:`exception.QemuImgFailed`
+    """
+    args = ['create', '-f', _check_format(fmt)]
+    if backing_file:
+        args += ['-b', backing_file, '-F', _check_format(backing_fmt)]
+    args += ['--', path, int(size)]
+    _run('create', path, args)
+
+
+def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
+            compress=False, timeout=None):
+    """Copy an image, or one of its internal snapshots, to a new file.
+
+    The output is flat: data from the whole backing chain is copied.
+
+    :param src: the image to read.
+    :param src_fmt: its format (never probed).
+    :param dest: the file to write; it must not hold data anyone needs.
+    :param dest_fmt: the output format.
+    :param snapshot_name: read this internal snapshot instead of the
+        current state (``-l snapshot.name=``; QEMU 3.0 removed ``-s``).
+    :param compress: compress a qcow2 output (``-c``).
+    :param timeout: seconds before qemu-img is killed; defaults to
+        ``[snapdriver] qemu_img_timeout``.
+    :raises: :class:`exception.QemuImgFailed`,
+        :class:`exception.QemuImgTimeout`
+    """
+    args = ['convert', '-f', _check_format(src_fmt),
+            '-O', _check_format(dest_fmt)]
+    if snapshot_name:
+        args += ['-l', 'snapshot.name=%s' % snapshot_name]
+    if compress and dest_fmt == 'qcow2':
+        args.append('-c')
+    else:
+        # NOTE: out-of-order writes let qemu-img keep several requests in
+        # flight; they are safe because nobody reads dest until we return.
+        args.append('-W')
+    args += ['--', src, dest]
+    _run('convert', src, args,
+         timeout=timeout or CONF.snapdriver.qemu_img_timeout)
+
+
+def rebase(path, fmt, backing_file, backing_fmt=None, timeout=None):
+    """Change the backing file of an image, keeping its content (safe mode).
+
+    With ``backing_file=''`` the data of the whole old backing chain that
+    the image does not already hold is copied into it, and the image
+    becomes standalone.
+
+    :param path: the image to rebase; nothing may be using it.
+    :param fmt: its format (never probed).
+    :param backing_file: the new backing file, or ``''`` for none.
+    :param backing_fmt: format of the new backing file; required with it.
+    :param timeout: seconds before qemu-img is killed; defaults to
+        ``[snapdriver] qemu_img_timeout``.
+    :raises: :class:`exception.QemuImgFailed`,
+        :class:`exception.QemuImgTimeout`
+    """
+    args = ['rebase', '-f', _check_format(fmt), '-b', backing_file]
+    if backing_file:
+        args += ['-F', _check_format(backing_fmt)]
+    args += ['--', path]
+    _run('rebase', path, args,
+         timeout=timeout or CONF.snapdriver.qemu_img_timeout)
+
+
+def measure(src, src_fmt, dest_fmt, snapshot_name=None):
+    """Return the bytes a :func:`convert` of ``src`` to ``dest_fmt`` needs.
+
+    :param src: the image to measure.
+    :param src_fmt: its format (never probed).
+    :param dest_fmt: the output format.
+    :param snapshot_name: measure this internal snapshot instead.
+    :returns: the ``required`` size in bytes, as reported by qemu-img.
+    :raises: :class:`exception.QemuImgFailed`
+    """
+    args = ['measure', '--output=json', '-O', _check_format(dest_fmt),
+            '-f', _check_format(src_fmt)]
+    if snapshot_name:
+        args += ['-l', 'snapshot.name=%s' % snapshot_name]
+    args += ['--', src]
+    out, _err = _run('measure', src, args, prlimit=QEMU_IMG_LIMITS)
+    return int(json.loads(out)['required'])
+
+
+def check(path, fmt):
+    """Run ``qemu-img check`` and return its JSON report.
+
+    :param path: the image to check.
+    :param fmt: its format (never probed); raw images have nothing to
+        check and return ``{}``.
+    :returns: the parsed report (``corruptions``, ``leaks``...).
+    :raises: :class:`exception.QemuImgFailed` when the image is corrupt or
+        cannot be read.
+    """
+    if fmt == 'raw':
+        return {}
+    out, _err = _run('check', path,
+                     ['check', '-f', _check_format(fmt), '--output=json',
+                      '--', path], prlimit=QEMU_IMG_LIMITS)
+    return json.loads(out)
+
+
+def _image_opts(path, fmt):
+    """Return an ``--image-opts`` string naming ``path`` and its format.
+
+    NOTE: ``qemu-img snapshot`` has no ``-f`` option (QEMU 7.2); image
+    options are the only way to give it the format instead of letting it
+    probe. Commas in a path are doubled, QEMU's escape for option values.
+    """
+    return 'driver=%s,file.driver=file,file.filename=%s' % (
+        _check_format(fmt), path.replace(',', ',,'))
+
+
+def snapshot_create(path, name, fmt='qcow2'):
+    """Create an internal snapshot ``name`` in a qcow2 image.
+
+    The image must not be in use: qemu-img takes the image lock and fails
+    if a running QEMU holds it.
+
+    :raises: :class:`exception.QemuImgFailed`,
+        :class:`exception.QemuImgTimeout`
+    """
+    _run('snapshot create', path,
+         ['snapshot', '--image-opts', '-c', name, _image_opts(path, fmt)],
+         timeout=CONF.snapdriver.qemu_img_timeout)
+
+
+def snapshot_delete(path, name, fmt='qcow2'):
+    """Delete the internal snapshot ``name`` of a qcow2 image.
+
+    :raises: :class:`exception.QemuImgFailed`,
+        :class:`exception.QemuImgTimeout`
+    """
+    _run('snapshot delete', path,
+         ['snapshot', '--image-opts', '-d', name, _image_opts(path, fmt)],
+         timeout=CONF.snapdriver.qemu_img_timeout)
+
+
+def snapshot_list(path, fmt='qcow2'):
+    """Return the names of the internal snapshots of a qcow2 image.
+
+    :raises: :class:`exception.QemuImgFailed`
+    """
+    img = info(path, fmt)
+    return [s['name'] for s in (img.snapshots or [])]
+
+
+def compare(a, a_fmt, b, b_fmt, strict=False):
+    """Return True when two images hold the same guest-visible content.
+
+    :param strict: also fail when the images differ in size or when one
+        has allocated zeroes where the other has a hole.
+    :raises: :class:`exception.QemuImgFailed` on errors (exit code 2).
+    """
+    args = ['compare', '-f', _check_format(a_fmt), '-F', _check_format(b_fmt)]
+    if strict:
+        args.append('-s')
+    args += ['--', a, b]
+    try:
+        processutils.execute(QEMU_IMG, *args, check_exit_code=[0])
+        return True
+    except processutils.ProcessExecutionError as e:
+        if e.exit_code == 1:
+            return False
+        raise exception.QemuImgFailed(action='compare', path=a,
+                                      reason=(e.stderr or '').strip())

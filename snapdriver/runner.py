@@ -1,0 +1,298 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Run one strategy safely: preflight, leftovers, work dir, guest state,
+capture, output check.
+
+Used by the Nova driver, the ``snapdriver`` command and the benchmark, so
+all three take snapshots the same way.
+"""
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from xml.etree import ElementTree
+
+import libvirt
+from nova import exception as nova_exception
+from oslo_log import log as logging
+from oslo_utils import fileutils
+from oslo_utils.imageutils import format_inspector
+from oslo_utils import units
+
+from snapdriver import conf
+from snapdriver import exception
+from snapdriver import guest_state
+from snapdriver import qemu_img
+from snapdriver.strategies import base
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+#: Formats that are raw data to QEMU (no header it would interpret).
+RAW_LIKE = ('raw', 'gpt', 'iso')
+
+
+class SnapshotRun(object):
+    """What happened during one snapshot: phases, downtime, freeze."""
+
+    def __init__(self, request, strategy, progress=None):
+        self.request = request
+        self.strategy = strategy
+        self.timings = {}
+        self.guest = guest_state.GuestStateRecord()
+        self.quiesce = {}
+        self.point_in_time = None
+        self.started = time.monotonic()
+        self.finished = None
+        self.output_bytes = None
+        self._progress = progress
+
+    @contextlib.contextmanager
+    def phase(self, name):
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[name] = (self.timings.get(name, 0.0) +
+                                  time.monotonic() - t0)
+
+    def progress(self, phase, current, end):
+        if self._progress is not None:
+            self._progress(phase, current, end)
+
+    @property
+    def total(self):
+        return (self.finished or time.monotonic()) - self.started
+
+    def summary(self):
+        return {
+            'strategy': self.strategy.name,
+            'total_seconds': round(self.total, 3),
+            'downtime_seconds': round(self.guest.downtime, 3),
+            'frozen_seconds': round(self.quiesce.get('frozen_seconds', 0), 3),
+            'phases': {k: round(v, 3) for k, v in self.timings.items()},
+            'output_bytes': self.output_bytes,
+        }
+
+
+def check_source(request):
+    """Refuse a root disk whose content does not match what libvirt says.
+
+    The format is never probed: a raw disk whose guest wrote a qcow2
+    header must stay raw, and a qcow2 disk must not point at data files or
+    backing files the domain does not know.
+
+    :raises: :class:`exception.DiskFormatMismatch`
+    """
+    path = request.disk_path
+    if not os.access(path, os.R_OK):
+        raise exception.DiskFormatMismatch(
+            path=path, declared=request.source_format,
+            actual='unreadable (missing or no permission)')
+    inspector = format_inspector.detect_file_format(path)
+    actual = getattr(inspector, 'NAME', 'raw')
+    declared = request.source_format
+    if declared == 'raw':
+        if actual not in RAW_LIKE:
+            raise exception.DiskFormatMismatch(path=path, declared=declared,
+                                               actual=actual)
+        return
+    if actual != declared:
+        raise exception.DiskFormatMismatch(path=path, declared=declared,
+                                           actual=actual)
+    try:
+        inspector.safety_check()
+    except format_inspector.SafetyCheckFailed as e:
+        failures = dict(e.failures)
+        failures.pop('backing_file', None)
+        if failures:
+            raise exception.DiskFormatMismatch(
+                path=path, declared=declared,
+                actual='%s with %s' % (actual, '; '.join(
+                    str(v) for v in failures.values())))
+    except format_inspector.ImageFormatError as e:
+        raise exception.DiskFormatMismatch(path=path, declared=declared,
+                                           actual='unparsable data (%s)' % e)
+    expected = _xml_backing_file(request)
+    if expected is not None and expected != request.backing_file:
+        raise exception.DiskFormatMismatch(
+            path=path, declared='%s on %s' % (declared, expected),
+            actual='%s on %s' % (actual, request.backing_file))
+
+
+def _xml_backing_file(request):
+    root = ElementTree.fromstring(request.guest.get_xml_desc())
+    for elem in root.findall('./devices/disk'):
+        target = elem.find('target')
+        if target is None or target.get('dev') != request.disk_dev:
+            continue
+        store = elem.find('backingStore/source')
+        return store.get('file') if store is not None else None
+    return None
+
+
+def check_output(path, fmt, image_id=None):
+    """Refuse an output image that is not a standalone image of ``fmt``.
+
+    :raises: :class:`exception.UnsafeDiskImage`
+    """
+    inspector = format_inspector.detect_file_format(path)
+    actual = getattr(inspector, 'NAME', 'raw')
+    ident = image_id or path
+    if fmt == 'raw':
+        if actual not in RAW_LIKE:
+            raise exception.UnsafeDiskImage(
+                image_id=ident,
+                reason='raw output holds a %s header; the guest may have '
+                       'written one to its disk' % actual)
+        return
+    if actual != fmt:
+        raise exception.UnsafeDiskImage(
+            image_id=ident, reason='output is %s, not %s' % (actual, fmt))
+    try:
+        inspector.safety_check()
+    except (format_inspector.SafetyCheckFailed,
+            format_inspector.ImageFormatError) as e:
+        raise exception.UnsafeDiskImage(image_id=ident, reason=str(e))
+
+
+def check_space(request, strategy):
+    """Fail before the guest is touched when the work dir is too small.
+
+    :raises: :class:`exception.InsufficientSnapshotSpace`
+    """
+    needed = strategy.space_needed(request)
+    st = os.statvfs(request.snapshots_directory)
+    free = st.f_bavail * st.f_frsize
+    margin = CONF.snapdriver.free_space_margin_mb * units.Mi
+    if needed + margin > free:
+        raise exception.InsufficientSnapshotSpace(
+            path=request.snapshots_directory,
+            needed_mb=needed // units.Mi,
+            margin_mb=CONF.snapdriver.free_space_margin_mb,
+            free_mb=free // units.Mi)
+    return needed
+
+
+def workdir_prefix(request):
+    return '%s%s-' % (qemu_img.NAME_PREFIX, request.uuid)
+
+
+@contextlib.contextmanager
+def workdir(request, strategy):
+    """A private work directory, removed on every exit path.
+
+    Created 0700. A live strategy's files are opened by QEMU, which runs
+    as its own user: then the directory's group becomes the disk's group
+    (the QEMU user's group under libvirt's dynamic ownership) with 0710,
+    traverse only. The stock driver used 0701 (any user may traverse) and,
+    long ago, 0777.
+    """
+    fileutils.ensure_tree(request.snapshots_directory)
+    path = tempfile.mkdtemp(prefix=workdir_prefix(request),
+                            dir=request.snapshots_directory)
+    try:
+        if strategy.guest_state == base.GUEST_LIVE:
+            _grant_qemu_traverse(path, request)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _grant_qemu_traverse(path, request):
+    gid = os.stat(request.disk_path).st_gid
+    try:
+        os.chown(path, -1, gid)
+        os.chmod(path, stat.S_IRWXU | stat.S_IXGRP)
+    except PermissionError:
+        # NOTE: without CAP_CHOWN and outside the disk's group, fall back to
+        # what the stock driver does: traverse (not list) for others.
+        os.chmod(path, stat.S_IRWXU | stat.S_IXOTH)
+
+
+def clean_stale_workdirs(snapshots_directory, uuid=None):
+    """Remove work directories left by killed snapshots.
+
+    :param uuid: only those of this domain; ``None`` for all (safe only
+        when no snapshot runs, as at service start).
+    :returns: the removed paths.
+    """
+    removed = []
+    if not os.path.isdir(snapshots_directory):
+        return removed
+    prefix = qemu_img.NAME_PREFIX + (('%s-' % uuid) if uuid else '')
+    for entry in sorted(os.listdir(snapshots_directory)):
+        path = os.path.join(snapshots_directory, entry)
+        if entry.startswith(prefix) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def captured(request, strategy, power, progress=None, image_id=None):
+    """Take the snapshot; yield ``(out_path, run)`` until the caller is done.
+
+    Everything that can fail without touching the guest is checked first
+    (quiesce requirement, source disk, free space). The work directory,
+    and so the image, is removed when the ``with`` block ends.
+
+    :raises: ``nova.exception.InstanceNotFound`` when the domain vanishes
+        mid-way; the typed errors of :mod:`snapdriver.exception`.
+    """
+    run = SnapshotRun(request, strategy, progress)
+    if strategy.guest_state == base.GUEST_LIVE:
+        guest_state.check_quiesce(request)
+    check_source(request)
+    with run.phase('preflight'):
+        needed = check_space(request, strategy)
+    LOG.debug('Snapshot needs %d MiB in %s', needed // units.Mi,
+              request.snapshots_directory, instance=request.instance)
+    for path in clean_stale_workdirs(request.snapshots_directory,
+                                     request.uuid):
+        LOG.warning('Removed work directory %s left by an interrupted '
+                    'snapshot', path, instance=request.instance)
+    for item in strategy.clean_leftovers(request):
+        LOG.warning('Cleaned up %s', item, instance=request.instance)
+
+    with workdir(request, strategy) as wd:
+        out_path = os.path.join(wd, 'image.%s' % request.image_format)
+        LOG.info('Beginning %(strategy)s snapshot of %(state)s guest',
+                 {'strategy': strategy.name,
+                  'state': request.power_state_name},
+                 instance=request.instance)
+        try:
+            with guest_state.held(request, strategy.guest_state, power,
+                                  run.guest):
+                with run.phase('capture'):
+                    strategy.capture(request, out_path, run)
+        except libvirt.libvirtError as ex:
+            if ex.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                LOG.info('Domain %(name)s disappeared during its snapshot: '
+                         '%(ex)s', {'name': request.name, 'ex': ex},
+                         instance=request.instance)
+                raise nova_exception.InstanceNotFound(
+                    instance_id=request.label)
+            raise
+        with run.phase('check-output'):
+            check_output(out_path, request.image_format, image_id)
+        run.output_bytes = os.path.getsize(out_path)
+        run.finished = time.monotonic()
+        LOG.info('Snapshot extracted by %(strategy)s in %(total).2f s '
+                 '(guest downtime %(down).3f s)',
+                 {'strategy': strategy.name, 'total': run.total,
+                  'down': run.guest.downtime}, instance=request.instance)
+        yield out_path, run
