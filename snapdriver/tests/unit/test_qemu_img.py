@@ -1,0 +1,203 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Tests of snapdriver.qemu_img against the real qemu-img on tiny images."""
+
+import os
+import shutil
+import stat
+
+import fixtures
+from oslo_utils import units
+from oslotest import base
+
+from snapdriver import conf
+from snapdriver import exception
+from snapdriver import qemu_img
+
+CONF = conf.CONF
+
+
+def _write(path, offset, data):
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        f.write(data)
+
+
+class QemuImgTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        if shutil.which('qemu-img') is None:
+            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
+                          'installs it)')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.base = self._path('base.raw')
+        qemu_img.create(self.base, 'raw', 4 * units.Mi)
+        self.base_data = os.urandom(64 * units.Ki)
+        _write(self.base, 0, self.base_data)
+        self.overlay = self._path('overlay.qcow2')
+        qemu_img.create(self.overlay, 'qcow2', 4 * units.Mi,
+                        backing_file=self.base, backing_fmt='raw')
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _fake_qemu_img(self, script):
+        path = self._path('fake-qemu-img')
+        with open(path, 'w') as f:
+            f.write('#!/bin/sh\n' + script + '\n')
+        os.chmod(path, stat.S_IRWXU)
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.QEMU_IMG', path))
+
+    def test_info_reports_size_and_backing(self):
+        info = qemu_img.info(self.overlay, 'qcow2')
+        self.assertEqual(4 * units.Mi, info.virtual_size)
+        self.assertEqual(self.base, info.backing_file)
+        self.assertEqual('raw', info.backing_file_format)
+
+    def test_info_backing_chain_lists_every_layer(self):
+        chain = qemu_img.info(self.overlay, 'qcow2', backing_chain=True)
+        self.assertEqual(['qcow2', 'raw'], [i.file_format for i in chain])
+
+    def test_info_never_probes_the_format(self):
+        # A raw disk whose guest wrote a qcow2 header stays raw.
+        fake = self._path('fake.raw')
+        shutil.copy(self.overlay, fake)
+        info = qemu_img.info(fake, 'raw')
+        self.assertEqual('raw', info.file_format)
+        self.assertIsNone(info.backing_file)
+
+    def test_format_is_required(self):
+        self.assertRaises(ValueError, qemu_img.info, self.overlay, None)
+
+    def test_convert_flattens_the_backing_chain(self):
+        out = self._path('out.raw')
+        qemu_img.convert(self.overlay, 'qcow2', out, 'raw')
+        self.assertTrue(qemu_img.compare(out, 'raw', self.base, 'raw'))
+        self.assertIsNone(qemu_img.info(out, 'raw').backing_file)
+
+    def test_convert_compressed_qcow2(self):
+        out = self._path('out.qcow2')
+        qemu_img.convert(self.overlay, 'qcow2', out, 'qcow2', compress=True)
+        self.assertTrue(qemu_img.compare(out, 'qcow2', self.base, 'raw'))
+        self.assertIsNone(qemu_img.info(out, 'qcow2').backing_file)
+
+    def test_internal_snapshot_extract_reads_the_snapshot(self):
+        qemu_img.snapshot_create(self.overlay, 'snapdriver-t1')
+        self.assertEqual(['snapdriver-t1'],
+                         qemu_img.snapshot_list(self.overlay))
+        # Change the current state after the snapshot was taken.
+        current = self._path('current.raw')
+        shutil.copy(self.base, current)
+        _write(current, 0, b'x' * 4096)
+        tmp = self._path('tmp.qcow2')
+        qemu_img.convert(current, 'raw', tmp, 'qcow2')
+        qemu_img.rebase(tmp, 'qcow2', self.base, 'raw')
+        out = self._path('snap.raw')
+        qemu_img.convert(self.overlay, 'qcow2', out, 'raw',
+                         snapshot_name='snapdriver-t1')
+        self.assertTrue(qemu_img.compare(out, 'raw', self.base, 'raw'))
+        qemu_img.snapshot_delete(self.overlay, 'snapdriver-t1')
+        self.assertEqual([], qemu_img.snapshot_list(self.overlay))
+
+    def test_extract_missing_snapshot_fails_clearly(self):
+        e = self.assertRaises(exception.QemuImgFailed, qemu_img.convert,
+                              self.overlay, 'qcow2', self._path('o.raw'),
+                              'raw', snapshot_name='nope')
+        self.assertIn('snapshot', str(e).lower())
+
+    def test_image_opts_escape_commas(self):
+        self.assertEqual(
+            'driver=qcow2,file.driver=file,file.filename=/a,,b',
+            qemu_img._image_opts('/a,b', 'qcow2'))
+
+    def test_snapshot_on_path_with_comma(self):
+        odd = self._path('odd,name.qcow2')
+        shutil.copy(self.overlay, odd)
+        qemu_img.snapshot_create(odd, 'snapdriver-c')
+        self.assertEqual(['snapdriver-c'], qemu_img.snapshot_list(odd))
+
+    def test_rebase_onto_nothing_makes_a_standalone_image(self):
+        _write_qcow = self._path('top.raw')
+        qemu_img.rebase(self.overlay, 'qcow2', '')
+        self.assertIsNone(qemu_img.info(self.overlay, 'qcow2').backing_file)
+        self.assertTrue(qemu_img.compare(self.overlay, 'qcow2',
+                                         self.base, 'raw'))
+        self.assertFalse(os.path.exists(_write_qcow))
+
+    def test_measure_covers_the_data(self):
+        needed = qemu_img.measure(self.overlay, 'qcow2', 'qcow2')
+        self.assertGreaterEqual(needed, len(self.base_data))
+        self.assertLess(needed, 4 * units.Mi)
+
+    def test_check_clean_image(self):
+        report = qemu_img.check(self.overlay, 'qcow2')
+        self.assertEqual(0, report.get('corruptions', 0))
+        self.assertEqual({}, qemu_img.check(self.base, 'raw'))
+
+    def test_compare_detects_difference(self):
+        other = self._path('other.raw')
+        shutil.copy(self.base, other)
+        _write(other, units.Mi, b'y')
+        self.assertFalse(qemu_img.compare(other, 'raw', self.base, 'raw'))
+
+    def test_missing_file_is_a_clear_error(self):
+        e = self.assertRaises(exception.QemuImgFailed, qemu_img.convert,
+                              self._path('missing.qcow2'), 'qcow2',
+                              self._path('o.raw'), 'raw')
+        self.assertIn('missing.qcow2', str(e))
+        self.assertIn('convert', str(e))
+
+    def test_timeout_kills_the_process(self):
+        pidfile = self._path('pid')
+        self._fake_qemu_img('echo $$ > %s; exec sleep 30' % pidfile)
+        self.flags_timeout = CONF.set_override(
+            'qemu_img_timeout', 1, group='snapdriver')
+        self.addCleanup(CONF.clear_override, 'qemu_img_timeout',
+                        group='snapdriver')
+        e = self.assertRaises(exception.QemuImgTimeout, qemu_img.convert,
+                              self.overlay, 'qcow2', self._path('o.raw'),
+                              'raw')
+        self.assertIn('qemu_img_timeout', str(e))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        # The process was killed and reaped: no such process any more.
+        self.assertRaises(ProcessLookupError, os.kill, pid, 0)
+
+    def test_killed_by_signal_is_reported(self):
+        self._fake_qemu_img('kill -9 $$')
+        e = self.assertRaises(exception.QemuImgFailed, qemu_img.convert,
+                              self.overlay, 'qcow2', self._path('o.raw'),
+                              'raw')
+        self.assertIn('SIGKILL', str(e))
+
+    def test_nonzero_exit_message_is_kept(self):
+        self._fake_qemu_img('echo "qemu-img: No space left on device" >&2; '
+                            'exit 1')
+        e = self.assertRaises(exception.QemuImgFailed, qemu_img.convert,
+                              self.overlay, 'qcow2', self._path('o.raw'),
+                              'raw')
+        self.assertIn('No space left on device', str(e))
+
+    def test_arguments_are_never_a_shell_string(self):
+        argsfile = self._path('args')
+        self._fake_qemu_img('for a in "$@"; do echo "$a"; done > %s'
+                            % argsfile)
+        evil = self._path('a; touch pwned')
+        qemu_img.convert(evil, 'qcow2', self._path('o.raw'), 'raw')
+        with open(argsfile) as f:
+            args = f.read().splitlines()
+        self.assertIn(evil, args)
+        self.assertEqual(['convert', '-f', 'qcow2', '-O', 'raw'], args[:5])
+        self.assertFalse(os.path.exists('pwned'))
