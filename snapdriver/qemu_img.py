@@ -217,11 +217,15 @@ def measure(src, src_fmt, dest_fmt, snapshot_name=None):
     :param src_fmt: its format (never probed).
     :param dest_fmt: the output format.
     :param snapshot_name: measure this internal snapshot instead.
+
+    The image is opened with ``--force-share``: a running guest's disk can
+    be measured, and the result is an estimate for a free-space check.
+
     :returns: the ``required`` size in bytes, as reported by qemu-img.
     :raises: :class:`exception.QemuImgFailed`
     """
-    args = ['measure', '--output=json', '-O', _check_format(dest_fmt),
-            '-f', _check_format(src_fmt)]
+    args = ['measure', '--output=json', '--force-share',
+            '-O', _check_format(dest_fmt), '-f', _check_format(src_fmt)]
     if snapshot_name:
         args += ['-l', 'snapshot.name=%s' % snapshot_name]
     args += ['--', src]
