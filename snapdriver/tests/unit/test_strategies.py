@@ -1,0 +1,143 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Which strategy applies to which snapshot, and why not."""
+
+from nova.compute import power_state
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from snapdriver import conf
+from snapdriver.strategies import cold_direct
+from snapdriver.strategies import cold_internal
+from snapdriver.strategies import live_shallow_rebase
+from snapdriver.strategies import stock
+from snapdriver.tests.unit import fakes
+
+CONF = conf.CONF
+
+
+class StrategyRulesTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.live = live_shallow_rebase.LiveShallowRebase()
+        self.direct = cold_direct.ColdDirectExtract()
+        self.internal = cold_internal.ColdInternal()
+        self.stock = stock.Stock()
+        self.request = fakes.make_request()
+
+    def test_running_qcow2_guest_fits_every_mechanism(self):
+        for strategy in (self.live, self.direct, self.internal):
+            self.assertIsNone(strategy.unsupported_reason(self.request))
+
+    def test_live_needs_a_running_guest(self):
+        req = fakes.replace(self.request, power_state=power_state.SHUTDOWN)
+        self.assertIn('shut off', self.live.unsupported_reason(req))
+        self.assertIsNone(self.direct.unsupported_reason(req))
+
+    def test_paused_guest_can_be_snapshotted_live(self):
+        req = fakes.replace(self.request, power_state=power_state.PAUSED)
+        self.assertIsNone(self.live.unsupported_reason(req))
+
+    def test_crashed_guest_is_refused_by_all(self):
+        req = fakes.replace(self.request, power_state=power_state.CRASHED)
+        for strategy in (self.live, self.direct, self.internal):
+            self.assertIn('crashed', strategy.unsupported_reason(req))
+
+    def test_workaround_disables_live(self):
+        self.conf.config(disable_libvirt_livesnapshot=True,
+                         group='workarounds')
+        self.assertIn('disable_libvirt_livesnapshot',
+                      self.live.unsupported_reason(self.request))
+        self.assertIsNone(self.direct.unsupported_reason(self.request))
+
+    def test_ephemeral_encryption_disables_live(self):
+        self.conf.config(enabled=True, group='ephemeral_storage_encryption')
+        self.assertIn('ephemeral_storage_encryption',
+                      self.live.unsupported_reason(self.request))
+
+    def test_lvm_rbd_and_ploop_are_left_to_stock(self):
+        for path, kind in (('/dev/vg/disk', 'lvm'), ('rbd:pool/v', 'rbd'),
+                           ('/var/lib/nova/ploop', 'ploop')):
+            req = fakes.replace(self.request, disk_path=path,
+                                source_type=kind, source_format='raw')
+            for strategy in (self.live, self.direct, self.internal):
+                reason = strategy.unsupported_reason(req)
+                self.assertIn(kind, reason)
+                self.assertIn(path, reason)
+
+    def test_network_disk_is_not_a_file(self):
+        req = fakes.replace(self.request, disk_source_type='network')
+        self.assertIn('only local raw or qcow2 files',
+                      self.direct.unsupported_reason(req))
+
+    def test_cold_internal_needs_qcow2(self):
+        req = fakes.replace(self.request, source_format='raw',
+                            source_type='raw', backing_file=None)
+        self.assertIn('qcow2', self.internal.unsupported_reason(req))
+        self.assertIsNone(self.direct.unsupported_reason(req))
+        self.assertIsNone(self.live.unsupported_reason(req))
+
+    def test_unknown_output_format_is_refused(self):
+        req = fakes.replace(self.request, image_format='vmdk')
+        for strategy in (self.live, self.direct, self.internal):
+            self.assertIn('vmdk', strategy.unsupported_reason(req))
+
+    def test_lxc_cannot_be_managed_saved(self):
+        req = fakes.replace(self.request, virt_type='lxc')
+        self.assertIn('LXC', self.direct.unsupported_reason(req))
+        shut = fakes.replace(req, power_state=power_state.SHUTDOWN)
+        self.assertIsNone(self.direct.unsupported_reason(shut))
+
+    def test_required_quiesce_without_agent_skips_live(self):
+        req = fakes.replace(self.request,
+                            image_properties={'os_require_quiesce': True})
+        self.assertIn('hw_qemu_guest_agent',
+                      self.live.unsupported_reason(req))
+        # A cold snapshot needs no quiesce: the guest is stopped.
+        self.assertIsNone(self.direct.unsupported_reason(req))
+
+    def test_required_quiesce_of_a_paused_guest_skips_live(self):
+        req = fakes.replace(self.request, power_state=power_state.PAUSED,
+                            image_properties={'os_require_quiesce': True,
+                                              'hw_qemu_guest_agent': True})
+        self.assertIn('paused', self.live.unsupported_reason(req))
+
+    def test_required_quiesce_with_agent_keeps_live(self):
+        req = fakes.replace(self.request,
+                            image_properties={'os_require_quiesce': True,
+                                              'hw_qemu_guest_agent': True})
+        self.assertIsNone(self.live.unsupported_reason(req))
+
+    def test_stock_only_inside_nova_compute(self):
+        self.assertIn('nova-compute',
+                      self.stock.unsupported_reason(self.request))
+        req = fakes.replace(self.request, driver=object())
+        self.assertIsNone(self.stock.unsupported_reason(req))
+        self.assertTrue(self.stock.delegates_to_driver)
+
+    def test_live_work_files_are_recognised(self):
+        snapdir = self.request.snapshots_directory
+        ours = snapdir + '/snapdriver-abc-x1/image.qcow2.delta'
+        self.assertTrue(live_shallow_rebase.is_ours(ours, self.request))
+        for other in (snapdir + '/other/image.delta',
+                      '/var/lib/nova/instances/x/disk.delta',
+                      None):
+            self.assertFalse(live_shallow_rebase.is_ours(other,
+                                                         self.request))
+
+    def test_destination_xml_escapes_the_path(self):
+        xml = live_shallow_rebase.DEST_XML % live_shallow_rebase._xml_escape(
+            "/a/b'<c>&d")
+        self.assertIn("/a/b&apos;&lt;c&gt;&amp;d", xml)
