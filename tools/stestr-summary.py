@@ -36,8 +36,8 @@ def main():
     print('%s: %d passed, %d failed, %d skipped' % (
         label, counts['Passed'], counts['Failed'], counts['Skipped']))
     with open('.stestr-summary', 'a') as f:
-        f.write('%s %d %d %d\n' % (label, counts['Passed'], counts['Failed'],
-                                    counts['Skipped']))
+        f.write('%s %d %d %d\n' % (
+            label, counts['Passed'], counts['Failed'], counts['Skipped']))
     return 0
 
 

@@ -229,4 +229,3 @@ class DriverTestCase(base.BaseTestCase):
         if state != 'shutoff':
             self.assertEqual({}, domain.dom.blockJobInfo('vda', 0),
                              'a block job is left on the disk')
-
