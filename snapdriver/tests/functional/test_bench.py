@@ -1,0 +1,83 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A smoke test of ``python -m snapdriver.bench`` on a tiny disk.
+
+The benchmark runs in its own process (it sets Nova's global options and
+signal handlers); only the shape of its JSON and the content checks are
+asserted, never timings.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import fixtures
+import libvirt
+from oslotest import base
+
+from snapdriver import bench
+from snapdriver.tests.functional import fixtures as real
+
+
+class BenchSmokeTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        reason = real.libvirt_unavailable_reason()
+        if reason is not None:
+            self.skipTest(reason)
+        self.out = self.useFixture(fixtures.TempDir()).path
+
+    def _domains(self):
+        conn = libvirt.open(real.LIBVIRT_URI)
+        try:
+            return {d.name() for d in conn.listAllDomains(0)
+                    if d.name().startswith('snapdriver-bench-')}
+        finally:
+            conn.close()
+
+    def test_tiny_run_verifies_every_case(self):
+        before = self._domains()
+        cmd = [sys.executable, '-m', 'snapdriver.bench',
+               '--sizes', '0.0625', '--fill', '0.25', '--repeat', '1',
+               '--output-dir', self.out, '--no-chart']
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=600)
+        self.assertEqual(0, proc.returncode, proc.stderr[-4000:])
+
+        with open(os.path.join(self.out, 'results.json')) as f:
+            result = json.load(f)
+        runs = result['runs']
+        labels = {r['label'] for r in runs}
+        self.assertIn('stock-live', labels)
+        self.assertIn('stock-cold', labels)
+        for name in bench.installed_strategies():
+            self.assertIn(name, labels)
+        self.assertNotIn('stock', labels)
+        applicable = [r for r in runs if not r.get('not_applicable')]
+        self.assertTrue(applicable)
+        for run in applicable:
+            self.assertTrue(run['verified'], run)
+            self.assertGreater(run['uploaded_bytes'], 0)
+            self.assertGreater(run['samples'], 0)
+        rows = [r for r in result['rows'] if not r.get('reference')]
+        self.assertTrue(all(r['ok'] == r['runs'] for r in rows
+                            if not r.get('not_applicable')))
+        refs = {r['label'] for r in result['rows'] if r.get('reference')}
+        self.assertEqual({'convert-raw', 'convert-qcow2', 'read-files'},
+                         refs)
+        with open(os.path.join(self.out, 'results.md')) as f:
+            self.assertIn('| stock-live | running |', f.read())
+        # Every throwaway domain is gone.
+        self.assertEqual(before, self._domains())
