@@ -30,7 +30,6 @@ Rules kept by every function here:
 
 import json
 import signal
-import subprocess
 
 from oslo_concurrency import processutils
 from oslo_log import log as logging
@@ -42,6 +41,7 @@ from snapdriver import exception
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
+
 
 QEMU_IMG = 'qemu-img'
 
@@ -77,16 +77,6 @@ def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
             *cmd, timeout=timeout, prlimit=prlimit,
             on_execute=procs.append,
             env_variables={'LC_ALL': 'C', 'LANG': 'C'})
-    except subprocess.TimeoutExpired:
-        # NOTE: processutils leaves the child running when communicate()
-        # times out; kill it so it stops touching the disk.
-        for proc in procs:
-            proc.kill()
-            proc.communicate()
-        LOG.error('qemu-img %(action)s of %(path)s killed after %(t)s s',
-                  {'action': action, 'path': path, 't': timeout})
-        raise exception.QemuImgTimeout(action=action, path=path,
-                                       timeout=timeout)
     except processutils.ProcessExecutionError as e:
         if e.exit_code is not None and e.exit_code < 0:
             reason = 'killed by signal %s' % signal.Signals(
@@ -102,6 +92,22 @@ def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
     except OSError as e:
         raise exception.QemuImgFailed(action=action, path=path,
                                       reason=str(e))
+    except Exception as e:
+        # NOTE: matched by name: under eventlet (nova-compute's default
+        # concurrency mode) the Popen processutils uses comes from another
+        # copy of the subprocess module, whose TimeoutExpired is not
+        # subprocess.TimeoutExpired.
+        if type(e).__name__ != 'TimeoutExpired':
+            raise
+        # processutils leaves the child running when communicate() times
+        # out; kill it so it stops touching the disk.
+        for proc in procs:
+            proc.kill()
+            proc.communicate()
+        LOG.error('qemu-img %(action)s of %(path)s killed after %(t)s s',
+                  {'action': action, 'path': path, 't': timeout})
+        raise exception.QemuImgTimeout(action=action, path=path,
+                                       timeout=timeout)
 
 
 def _check_format(fmt):

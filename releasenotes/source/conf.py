@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-extensions = ['reno.sphinxext']
+extensions = ["reno.sphinxext"]
 source_suffix = '.rst'
 master_doc = 'index'
 project = 'snapdriver Release Notes'
