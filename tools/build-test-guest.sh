@@ -72,6 +72,15 @@ done
 
 mkdir -p "$cache"
 chmod 0755 "$cache"
+# QEMU (user libvirt-qemu) reads vmlinuz and initrd.img from here.
+d=$(cd "$cache" && pwd)
+while [ "$d" != / ]; do
+    if [ -z "$(find "$d" -maxdepth 0 -perm -o+x)" ]; then
+        say "WARNING: $d is not traversable by others: QEMU cannot read" \
+            "the guest files (choose another SNAPDRIVER_GUEST_CACHE)"
+    fi
+    d=$(dirname "$d")
+done
 # One build at a time (parallel test workers share the cache).
 exec 9>"$cache/.lock"
 flock 9
@@ -98,9 +107,11 @@ for p in $host_pkgs; do
 done
 if [ -n "$missing" ]; then
     say "installing:$missing"
+    # shellcheck disable=SC2086  # $missing is a list of package names
     if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends $missing >/dev/null; then
         apt_update_once
+        # shellcheck disable=SC2086
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
             --no-install-recommends $missing >/dev/null
     fi
