@@ -1,0 +1,361 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Tests of the live-backup strategy's rules, XML and job handling."""
+
+from unittest import mock
+from xml.etree import ElementTree
+
+import libvirt
+from nova.compute import power_state
+from oslo_config import fixture as config_fixture
+from oslotest import base
+
+from snapdriver import conf
+from snapdriver import exception
+from snapdriver import runner
+from snapdriver.strategies import live_backup
+from snapdriver.tests.unit import fakes
+
+CONF = conf.CONF
+
+SNAPDIR = '/var/lib/nova/instances/snapshots'
+OUR_TARGET = SNAPDIR + '/snapdriver-4f2a-x1y2/image.qcow2'
+
+RUNNING = {'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+           'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP,
+           'disk_total': 100, 'disk_processed': 40}
+NO_JOB = {'type': libvirt.VIR_DOMAIN_JOB_NONE}
+DONE = {'type': libvirt.VIR_DOMAIN_JOB_COMPLETED,
+        'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP,
+        'disk_total': 100, 'disk_processed': 100, 'success': True}
+CANCELLED = {'type': libvirt.VIR_DOMAIN_JOB_CANCELLED,
+             'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP,
+             'success': False, 'errmsg': 'Operation canceled'}
+
+DOMAIN_XML = """<domain type='kvm'><devices>
+  <disk type='file' device='disk'><target dev='vda' bus='virtio'/></disk>
+  <disk type='file' device='disk'><target dev='vdb' bus='virtio'/></disk>
+  <disk type='file' device='cdrom'><target dev='sda' bus='sata'/></disk>
+  <interface type='network'><target dev='tap0'/></interface>
+</devices></domain>"""
+
+
+def _libvirt_error(code):
+    error = libvirt.libvirtError('fake error')
+    error.err = (code, 0, 'fake error', 0, None, None, None, 0, 0)
+    return error
+
+
+class FakeDomain(object):
+    """A virDomain whose job goes through ``states`` one poll at a time.
+
+    ``states`` are jobStats(0) answers, the last one repeated; ``done`` is
+    the completed-job record, handed out once as libvirt does.
+    """
+
+    def __init__(self, states=(NO_JOB,), done=None, target=OUR_TARGET,
+                 lib_version=9000000, qemu_version=7002000):
+        self.states = list(states)
+        self.done = done
+        self.target = target
+        self.aborted = 0
+        self.begun = []
+        self.active = True
+        self.conn = mock.Mock()
+        self.conn.getLibVersion.return_value = lib_version
+        self.conn.getVersion.return_value = qemu_version
+
+    def connect(self):
+        return self.conn
+
+    def isActive(self):
+        return self.active
+
+    def jobStats(self, flags=0):
+        if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            done, self.done = self.done, None
+            return done or dict(NO_JOB)
+        if len(self.states) > 1:
+            return self.states.pop(0)
+        return self.states[0]
+
+    def backupGetXMLDesc(self, flags=0):
+        if self.states[0]['type'] == libvirt.VIR_DOMAIN_JOB_NONE:
+            raise _libvirt_error(libvirt.VIR_ERR_NO_DOMAIN_BACKUP)
+        return live_backup.backup_xml('vda', self.target, ['vda'])
+
+    def backupBegin(self, xml, checkpoint, flags):
+        self.begun.append((xml, flags))
+
+    def abortJob(self):
+        self.aborted += 1
+        self.states = [NO_JOB]
+        self.done = dict(CANCELLED)
+
+
+def _request(dom=None, **changes):
+    guest = mock.Mock()
+    guest._domain = dom or FakeDomain()
+    guest.get_xml_desc.return_value = DOMAIN_XML
+    return fakes.make_request(guest=guest, snapshots_directory=SNAPDIR,
+                              **changes)
+
+
+class RulesTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.strategy = live_backup.LiveBackup()
+
+    def reason(self, request):
+        return self.strategy.unsupported_reason(request)
+
+    def test_running_and_paused_guests_apply(self):
+        self.assertIsNone(self.reason(_request()))
+        self.assertIsNone(self.reason(
+            _request(power_state=power_state.PAUSED)))
+
+    def test_raw_disk_and_raw_output_apply(self):
+        self.assertIsNone(self.reason(_request(
+            source_format='raw', source_type='raw', image_format='raw')))
+
+    def test_shut_off_guest_is_refused(self):
+        reason = self.reason(_request(power_state=power_state.SHUTDOWN))
+        self.assertIn('shut off', reason)
+
+    def test_network_disk_is_refused(self):
+        reason = self.reason(_request(disk_source_type='network',
+                                      source_type='rbd',
+                                      disk_path='rbd:pool/vol'))
+        self.assertIn('rbd:pool/vol', reason)
+
+    def test_unknown_output_format_is_refused(self):
+        self.assertIn('vmdk', self.reason(_request(image_format='vmdk')))
+
+    def test_workaround_disables_it(self):
+        self.conf.config(disable_libvirt_livesnapshot=True,
+                         group='workarounds')
+        self.assertIn('disable_libvirt_livesnapshot',
+                      self.reason(_request()))
+
+    def test_old_libvirt_is_refused(self):
+        reason = self.reason(_request(FakeDomain(lib_version=7001000)))
+        self.assertIn('libvirt 7.1.0', reason)
+        self.assertIn('7.2.0', reason)
+
+    def test_old_qemu_is_refused(self):
+        reason = self.reason(_request(FakeDomain(qemu_version=4001000)))
+        self.assertIn('QEMU 4.1.0', reason)
+        self.assertIn('4.2.0', reason)
+
+    def test_minimum_versions_apply(self):
+        self.assertIsNone(self.reason(_request(
+            FakeDomain(lib_version=7002000, qemu_version=4002000))))
+
+    def test_libvirt_python_without_backup_api_is_refused(self):
+        with mock.patch.object(live_backup.libvirt, 'virDomain', object):
+            self.assertIn('virDomainBackupBegin', self.reason(_request()))
+
+    def test_unreadable_versions_are_a_reason(self):
+        dom = FakeDomain()
+        dom.conn.getLibVersion.side_effect = _libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR)
+        self.assertIn('cannot read', self.reason(_request(dom)))
+
+    def test_required_quiesce_without_agent_is_refused(self):
+        reason = self.reason(_request(
+            image_properties={'os_require_quiesce': True}))
+        self.assertIn('os_require_quiesce', reason)
+        self.assertIn('hw_qemu_guest_agent', reason)
+
+    def test_required_quiesce_with_agent_applies_when_running(self):
+        props = {'os_require_quiesce': True, 'hw_qemu_guest_agent': True}
+        self.assertIsNone(self.reason(_request(image_properties=props)))
+        reason = self.reason(_request(image_properties=props,
+                                      power_state=power_state.PAUSED))
+        self.assertIn('paused', reason)
+
+
+class XmlTestCase(base.BaseTestCase):
+
+    def test_only_the_root_disk_is_backed_up(self):
+        xml = live_backup.backup_xml('vda', '/snap/out.qcow2',
+                                     ['vda', 'vdb', 'sda'])
+        root = ElementTree.fromstring(xml)
+        self.assertEqual('push', root.get('mode'))
+        disks = {d.get('name'): d for d in root.findall('./disks/disk')}
+        self.assertEqual(['vda', 'vdb', 'sda'], list(disks))
+        vda = disks['vda']
+        self.assertEqual(('yes', 'file'), (vda.get('backup'),
+                                           vda.get('type')))
+        self.assertEqual('qcow2', vda.find('driver').get('type'))
+        self.assertEqual('/snap/out.qcow2', vda.find('target').get('file'))
+        for name in ('vdb', 'sda'):
+            self.assertEqual('no', disks[name].get('backup'))
+            self.assertEqual([], list(disks[name]))
+
+    def test_root_disk_missing_from_the_list_is_still_backed_up(self):
+        xml = live_backup.backup_xml('vda', '/snap/out.qcow2', ['vdb'])
+        self.assertEqual(['/snap/out.qcow2'],
+                         live_backup.backup_targets(xml))
+
+    def test_target_path_is_escaped(self):
+        path = "/snap/a'b\"c&d<e>.qcow2"
+        xml = live_backup.backup_xml('vda', path, ['vda'])
+        self.assertEqual([path], live_backup.backup_targets(xml))
+
+    def test_disk_targets_lists_every_disk_once(self):
+        self.assertEqual(['vda', 'vdb', 'sda'],
+                         live_backup.disk_targets(DOMAIN_XML))
+
+    def test_backup_targets_skips_excluded_disks(self):
+        xml = """<domainbackup mode='push'><disks>
+          <disk name='vda' backup='yes' type='file' backupmode='full'>
+            <driver type='qcow2'/><target file='/a.qcow2'/></disk>
+          <disk name='vdb' backup='no'/>
+          <disk name='vdc'><target file='/c.qcow2'/></disk>
+        </disks></domainbackup>"""
+        self.assertEqual(['/a.qcow2', '/c.qcow2'],
+                         live_backup.backup_targets(xml))
+
+
+class JobTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.conf.config(block_job_poll_interval=0.01, group='snapdriver')
+        self.strategy = live_backup.LiveBackup()
+        self.progress = []
+
+    def run_of(self, request):
+        return runner.SnapshotRun(
+            request, self.strategy,
+            progress=lambda *args: self.progress.append(args))
+
+    def test_completed_job_succeeds_with_progress(self):
+        dom = FakeDomain([RUNNING, NO_JOB], done=dict(DONE))
+        request = _request(dom)
+        live_backup.wait_done(request, dom, self.run_of(request))
+        self.assertEqual([('backup', 40, 100), ('backup', 100, 100)],
+                         self.progress)
+        self.assertEqual(0, dom.aborted)
+
+    def test_cancelled_job_fails(self):
+        dom = FakeDomain([RUNNING, NO_JOB], done=dict(CANCELLED))
+        request = _request(dom)
+        ex = self.assertRaises(exception.BlockJobFailed,
+                               live_backup.wait_done, request, dom,
+                               self.run_of(request))
+        self.assertIn('cancelled', str(ex))
+        self.assertIn('Operation canceled', str(ex))
+
+    def test_job_gone_without_record_fails(self):
+        dom = FakeDomain([RUNNING, NO_JOB], done=None)
+        request = _request(dom)
+        ex = self.assertRaises(exception.BlockJobFailed,
+                               live_backup.wait_done, request, dom,
+                               self.run_of(request))
+        self.assertIn('no record', str(ex))
+
+    def test_next_job_running_means_ours_ended(self):
+        migration = {'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+                     'operation':
+                         libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT}
+        dom = FakeDomain([RUNNING, migration], done=dict(DONE))
+        request = _request(dom)
+        live_backup.wait_done(request, dom, self.run_of(request))
+        self.assertEqual(('backup', 100, 100), self.progress[-1])
+
+    @mock.patch.object(live_backup, 'time')
+    def test_timeout(self, fake_time):
+        self.conf.config(block_job_timeout=5, group='snapdriver')
+        fake_time.monotonic.side_effect = [0, 1, 6]
+        dom = FakeDomain([RUNNING])
+        request = _request(dom)
+        self.assertRaises(exception.BlockJobTimeout, live_backup.wait_done,
+                          request, dom, self.run_of(request))
+        self.assertEqual(2, len(self.progress))
+        fake_time.sleep.assert_called_once_with(0.01)
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_capture_aborts_the_job_when_polling_fails(self, create):
+        dom = FakeDomain([RUNNING])
+        request = _request(dom)
+        with mock.patch.object(dom, 'jobStats', side_effect=[
+                _libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR),
+                RUNNING, NO_JOB]):
+            self.assertRaises(exception.BlockJobFailed,
+                              self.strategy.capture, request, OUR_TARGET,
+                              self.run_of(request))
+        self.assertEqual(1, dom.aborted)
+        create.assert_called_once_with(OUR_TARGET, 'qcow2',
+                                       request.virtual_size)
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_stopped_domain_error_reaches_the_runner(self, create):
+        # The runner turns it into InstanceNotRunning for Nova.
+        dom = FakeDomain([RUNNING])
+        dom.active = False
+        request = _request(dom)
+        with mock.patch.object(dom, 'jobStats', side_effect=_libvirt_error(
+                libvirt.VIR_ERR_OPERATION_INVALID)):
+            ex = self.assertRaises(libvirt.libvirtError,
+                                   self.strategy.capture, request,
+                                   OUR_TARGET, self.run_of(request))
+        self.assertEqual(libvirt.VIR_ERR_OPERATION_INVALID,
+                         ex.get_error_code())
+
+    @mock.patch.object(live_backup.qemu_img, 'convert')
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_capture_converts_a_raw_output(self, create, convert):
+        dom = FakeDomain([NO_JOB], done=dict(DONE))
+        request = _request(dom, image_format='raw')
+        run = self.run_of(request)
+        self.strategy.capture(request, SNAPDIR + '/w/image.raw', run)
+        (xml, flags), = dom.begun
+        self.assertEqual([SNAPDIR + '/w/backup.qcow2'],
+                         live_backup.backup_targets(xml))
+        self.assertEqual(libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
+                         flags)
+        convert.assert_called_once_with(
+            SNAPDIR + '/w/backup.qcow2', 'qcow2', SNAPDIR + '/w/image.raw',
+            'raw', compress=False)
+        self.assertIsNotNone(run.point_in_time)
+
+    def test_clean_leftovers_aborts_our_stale_job(self):
+        dom = FakeDomain([RUNNING])
+        items = self.strategy.clean_leftovers(_request(dom))
+        self.assertEqual(['backup job onto %s' % OUR_TARGET], items)
+        self.assertEqual(1, dom.aborted)
+
+    def test_clean_leftovers_leaves_foreign_jobs(self):
+        dom = FakeDomain([RUNNING], target='/backups/nightly.qcow2')
+        self.assertEqual([], self.strategy.clean_leftovers(_request(dom)))
+        self.assertEqual(0, dom.aborted)
+
+    def test_clean_leftovers_without_job(self):
+        dom = FakeDomain([NO_JOB])
+        self.assertEqual([], self.strategy.clean_leftovers(_request(dom)))
+        self.assertEqual(0, dom.aborted)
+
+    @mock.patch.object(live_backup.qemu_img, 'measure')
+    def test_space_needed(self, measure):
+        measure.side_effect = lambda src, fmt, out: {'qcow2': 10,
+                                                     'raw': 100}[out]
+        self.assertEqual(10, self.strategy.space_needed(_request()))
+        self.assertEqual(110, self.strategy.space_needed(
+            _request(image_format='raw')))
+        self.assertEqual(20, self.strategy.space_needed(
+            _request(compress=True)))
