@@ -242,6 +242,13 @@ def clean_stale_workdirs(snapshots_directory, uuid=None):
     return removed
 
 
+def _still_active(request):
+    try:
+        return request.guest.is_active()
+    except libvirt.libvirtError:
+        return False
+
+
 @contextlib.contextmanager
 def captured(request, strategy, power, progress=None, image_id=None):
     """Take the snapshot; yield ``(out_path, run)`` until the caller is done.
@@ -285,6 +292,19 @@ def captured(request, strategy, power, progress=None, image_id=None):
                          '%(ex)s', {'name': request.name, 'ex': ex},
                          instance=request.instance)
                 raise nova_exception.InstanceNotFound(
+                    instance_id=request.label)
+            # NOTE: a domain destroyed from outside during a live snapshot
+            # stays defined; libvirt then answers block job calls with
+            # VIR_ERR_OPERATION_INVALID ("domain is not running"). Say so
+            # with the type Nova's compute manager expects for it (it
+            # handles InstanceNotRunning like InstanceNotFound) instead of
+            # a bare libvirtError.
+            if (ex.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
+                    and not _still_active(request)):
+                LOG.info('Domain %(name)s stopped during its snapshot: '
+                         '%(ex)s', {'name': request.name, 'ex': ex},
+                         instance=request.instance)
+                raise nova_exception.InstanceNotRunning(
                     instance_id=request.label)
             raise
         with run.phase('check-output'):
