@@ -75,7 +75,7 @@ class BenchSmokeTestCase(base.BaseTestCase):
         self.assertTrue(all(r['ok'] == r['runs'] for r in rows
                             if not r.get('not_applicable')))
         refs = {r['label'] for r in result['rows'] if r.get('reference')}
-        self.assertEqual({'convert-raw', 'convert-qcow2', 'read-files'},
+        self.assertEqual({'convert-raw', 'convert-qcow2', 'read-data'},
                          refs)
         with open(os.path.join(self.out, 'results.md')) as f:
             self.assertIn('| stock-live | running |', f.read())
