@@ -1,0 +1,417 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Snapshots of a real, writing Linux guest are point-in-time, and quiesce
+is real.
+
+Every test boots its own :class:`writer_guest.WriterGuest`: a writer in the
+guest fills ``vda`` with blocks 1, 2, 3... each written to the disk
+(O_DIRECT|O_DSYNC) before the next starts, so a point-in-time
+(crash-consistent) copy of ``vda`` holds exactly the blocks 1..N, for some
+N, and :func:`writer_guest.scan_image` proves it block by block. ``vdb`` is
+an ext4 filesystem for the guest agent to freeze.
+
+The snapshots are taken by the real code: ``LibvirtSnapshotDriver.snapshot``
+(Nova's path), or :func:`runner.captured` with
+:class:`guest_state.LibvirtPowerControl` (the CLI's path) where a test
+needs the run record (``frozen_seconds``). Spies only watch: each calls
+the real function it wraps. The numbers each test measured are attached
+as its ``numbers`` detail, in the subunit stream of the run (``stestr
+last --subunit``); doc/source/consistency.rst lists those of two runs.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import fixtures
+import libvirt
+from nova.virt.libvirt import guest as libvirt_guest
+import testscenarios
+from testtools import content
+
+from snapdriver import exception
+from snapdriver import guest_state
+from snapdriver import qemu_img
+from snapdriver import request as snap_request
+from snapdriver import runner
+from snapdriver import strategies
+from snapdriver.tests.functional import base
+from snapdriver.tests.functional import fixtures as real
+from snapdriver.tests.functional import writer_guest
+
+load_tests = testscenarios.load_tests_apply_scenarios
+
+#: The live strategies this file checks, when installed.
+LIVE = ('live-shallow-rebase', 'live-backup')
+#: The cold strategies this file checks.
+COLD = ('cold-direct-extract', 'cold-internal')
+
+#: Blocks the writer must have written before a snapshot begins.
+MIN_BLOCKS = 200
+#: Blocks the writer must add after a cold snapshot's restore.
+RESUME_BLOCKS = 50
+#: Upper bound of a "short" freeze, in seconds. The guest agent's
+#: freeze/thaw round trips under TCG on a loaded host take well under it.
+MAX_FROZEN_SECONDS = 5.0
+
+
+def _scenarios(names):
+    installed = strategies.available_names()
+    return [(name, {'strategy': name}) for name in names
+            if name in installed]
+
+
+_WRAPPER = """#!/bin/sh
+# qemu-img that fails its flatten steps (rebase, convert); every other
+# command runs the real qemu-img.
+case "$1" in
+    rebase|convert)
+        echo "injected failure of qemu-img $1" >&2
+        exit 1
+        ;;
+esac
+exec %s "$@"
+"""
+
+
+class ConsistencyTestCase(base.DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        reason = writer_guest.guest_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
+        self.numbers = {}
+        self.addDetail('numbers', content.Content(
+            content.UTF8_TEXT,
+            lambda: [json.dumps(self.numbers, sort_keys=True).encode()]))
+
+    def boot(self, **kwargs):
+        guest = self.useFixture(writer_guest.WriterGuest(**kwargs))
+        self.addDetail('console', content.Content(
+            content.UTF8_TEXT,
+            lambda: [guest.console_text().encode('utf-8')]))
+        self.numbers['boot_seconds'] = round(guest.boot_seconds, 1)
+        return guest
+
+    def strategy_object(self, name):
+        return strategies.Registry.load([name]).get(name)
+
+    def disk_now(self, guest):
+        """(N, run id) of the guest's disk, read with the guest paused.
+
+        A -U read of a disk being written is not point-in-time; pausing
+        makes it one.
+        """
+        guest.dom.suspend()
+        try:
+            return writer_guest.scan_image(guest.disk_path, 'qcow2',
+                                           force_share=True)
+        finally:
+            guest.dom.resume()
+
+    def spy_fsfreeze(self):
+        """Record what virDomainFsFreeze/FsThaw return (filesystem counts).
+
+        :returns: the list of ``(call, count, monotonic time)``.
+        """
+        events = []
+        freeze = libvirt.virDomain.fsFreeze
+        thaw = libvirt.virDomain.fsThaw
+
+        def spy_freeze(dom, *args, **kwargs):
+            count = freeze(dom, *args, **kwargs)
+            events.append(('freeze', count, time.monotonic()))
+            return count
+
+        def spy_thaw(dom, *args, **kwargs):
+            count = thaw(dom, *args, **kwargs)
+            events.append(('thaw', count, time.monotonic()))
+            return count
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.fsFreeze', spy_freeze))
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.fsThaw', spy_thaw))
+        return events
+
+    def spy_runs(self):
+        """Keep every SnapshotRun, so a failed snapshot's is readable."""
+        runs = []
+
+        class RecordingRun(runner.SnapshotRun):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, **kwargs)
+                runs.append(self)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.runner.SnapshotRun', RecordingRun))
+        return runs
+
+    def captured_request(self, guest, image_properties):
+        return snap_request.build(libvirt_guest.Guest(guest.dom),
+                                  image_format='qcow2',
+                                  image_properties=image_properties)
+
+    def assert_no_leftovers(self, guest):
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assertEqual({}, guest.dom.blockJobInfo('vda', 0),
+                         'a block job is left on the disk')
+        stats = guest.dom.jobStats(0)
+        self.assertEqual(libvirt.VIR_DOMAIN_JOB_NONE,
+                         stats.get('type', libvirt.VIR_DOMAIN_JOB_NONE),
+                         'a job is left on the domain: %s' % stats)
+        self.assertEqual([], real.internal_snapshots(guest.disk_path,
+                                                     force_share=True))
+
+    def assert_running_throughout(self, guest, sampler):
+        self.assertGreater(sampler.samples, 0)
+        self.assertEqual({'running'}, sampler.states)
+        self.assertEqual(0, sampler.transient_samples,
+                         'the domain was undefined during the snapshot')
+        self.assertTrue(guest.dom.isActive())
+        self.assertTrue(guest.dom.isPersistent())
+        self.assertFalse(guest.dom.hasManagedSaveImage())
+
+
+class TestLivePointInTime(ConsistencyTestCase):
+    """A live snapshot of a writing guest is a crash-consistent prefix."""
+
+    scenarios = _scenarios(LIVE)
+
+    def test_image_is_point_in_time(self):
+        self.flags(strategies=[self.strategy], group='snapdriver')
+        guest = self.boot()
+        before = guest.wait_for_seq(MIN_BLOCKS, timeout=120)
+
+        t0 = time.monotonic()
+        calls, sampler = self.snapshot(guest, sample=True)
+        took = time.monotonic() - t0
+        n_disk, disk_run = self.disk_now(guest)
+
+        self.assert_task_states(calls)
+        path = self.images.uploads['image-1']
+        self.assertIsNone(qemu_img.info(path, 'qcow2').backing_file)
+        # Every block valid, blocks 1..N and nothing after: a hole or a
+        # torn block raises here.
+        n, run_id = writer_guest.scan_image(path, 'qcow2')
+        self.numbers.update(strategy=self.strategy, seq_before=before,
+                            image_n=n, disk_n_after=n_disk,
+                            snapshot_seconds=round(took, 2))
+        self.assertEqual(disk_run, run_id, 'not this writer run')
+        # Writes that completed before the snapshot began are in it...
+        self.assertGreater(n, before)
+        # ...and the image is one instant of the disk, not its end state:
+        # the writer went on writing while the snapshot was finished.
+        self.assertLess(n, n_disk)
+        self.assert_running_throughout(guest, sampler)
+        self.assert_no_leftovers(guest)
+
+
+class TestColdPointInTime(ConsistencyTestCase):
+    """A cold snapshot is the disk at the managed save; nothing is lost."""
+
+    scenarios = _scenarios(COLD)
+
+    def test_image_is_disk_at_managed_save(self):
+        self.flags(strategies=[self.strategy], group='snapdriver')
+        cls = type(self.strategy_object(self.strategy))
+        real_capture = cls.capture
+        seen = {}
+
+        def spy_capture(strategy, request, out_path, run):
+            real_capture(strategy, request, out_path, run)
+            # Still managed-saved: nothing writes the disk now.
+            seen['state'] = guest.dom.state()[0]
+            seen['managed_save'] = guest.dom.hasManagedSaveImage()
+            seen['disk'] = writer_guest.scan_image(request.disk_path,
+                                                   'qcow2')
+            seen['equal'] = qemu_img.compare(out_path, request.image_format,
+                                             request.disk_path, 'qcow2')
+
+        self.useFixture(fixtures.MonkeyPatch(
+            '%s.%s.capture' % (cls.__module__, cls.__name__), spy_capture))
+
+        guest = self.boot()
+        before = guest.wait_for_seq(MIN_BLOCKS, timeout=120)
+        calls, sampler = self.snapshot(guest, sample=True)
+
+        self.assert_task_states(calls)
+        n, run_id = writer_guest.scan_image(self.images.uploads['image-1'],
+                                            'qcow2')
+        self.assertEqual(libvirt.VIR_DOMAIN_SHUTOFF, seen['state'])
+        self.assertTrue(seen['managed_save'])
+        self.assertEqual((n, run_id), seen['disk'])
+        self.assertTrue(seen['equal'], 'the image differs from the disk '
+                        'as it was during the managed save')
+        self.assertGreaterEqual(n, before)
+        self.assertIn('shutoff', sampler.states)
+        self.assertEqual(0, sampler.transient_samples)
+        self.assertTrue(guest.dom.isPersistent())
+        self.assertFalse(guest.dom.hasManagedSaveImage())
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING, guest.dom.state()[0])
+
+        # Restored from memory, the same writer run goes on from n + 1:
+        # the disk stays one prefix, with no gap after n and no lost
+        # write before it. (The console log restarts with the restore.)
+        guest.wait_for_seq(n + RESUME_BLOCKS, timeout=120)
+        n_later, later_run = self.disk_now(guest)
+        self.numbers.update(strategy=self.strategy, seq_before=before,
+                            image_n=n, disk_n_later=n_later)
+        self.assertEqual(run_id, later_run,
+                         'the writer restarted: the guest rebooted')
+        self.assertGreaterEqual(n_later, n + RESUME_BLOCKS)
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assertEqual([], real.internal_snapshots(guest.disk_path,
+                                                     force_share=True))
+
+
+class TestQuiesce(ConsistencyTestCase):
+    """The freeze happens when the image asks for it; the thaw follows."""
+
+    scenarios = _scenarios(LIVE)
+
+    def test_freeze_then_thaw(self):
+        guest = self.boot()
+        guest.wait_for_seq(MIN_BLOCKS, timeout=120)
+        fs_before = guest.wait_for_seq(1, label='fswriter')
+        events = self.spy_fsfreeze()
+        request = self.captured_request(guest, {'hw_qemu_guest_agent': True})
+        strategy = self.strategy_object(self.strategy)
+
+        with runner.captured(request, strategy,
+                             guest_state.LibvirtPowerControl(
+                                 request.guest)) as (out_path, run):
+            n = writer_guest.verify_prefix(out_path, 'qcow2')
+            frozen = run.quiesce.get('frozen_seconds')
+            total = run.total
+
+        self.numbers.update(strategy=self.strategy, image_n=n,
+                            frozen_seconds=frozen,
+                            snapshot_seconds=round(total, 2),
+                            fs_events=[e[:2] for e in events])
+        self.assertGreater(n, MIN_BLOCKS - 1)
+        # One freeze of the guest's filesystem (the ext4 on vdb), then one
+        # thaw of it, and nothing else.
+        self.assertEqual(['freeze', 'thaw'], [e[0] for e in events])
+        self.assertGreater(events[0][1], 0, 'no filesystem was frozen')
+        self.assertEqual(events[0][1], events[1][1])
+        self.assertIsNotNone(frozen)
+        self.assertGreater(frozen, 0)
+        self.assertLess(frozen, MAX_FROZEN_SECONDS)
+        self.assertLess(frozen, total)
+        self.assertEqual('thawed', guest.fs_frozen_status())
+        # The filesystem takes writes again.
+        guest.wait_for_seq(guest.latest_seq('fswriter') + 1,
+                           label='fswriter', timeout=60)
+        self.assertGreater(guest.latest_seq('fswriter'), fs_before)
+        self.assert_no_leftovers(guest)
+
+
+class TestQuiesceFailures(ConsistencyTestCase):
+
+    def test_thaw_before_failed_flatten(self):
+        strategy = self.strategy_object('live-shallow-rebase')
+        wrapper = os.path.join(self.workdir, 'qemu-img-fails-flatten')
+        with open(wrapper, 'w') as f:
+            f.write(_WRAPPER % shutil.which('qemu-img'))
+        os.chmod(wrapper, 0o700)
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.QEMU_IMG', wrapper))
+        guest = self.boot()
+        guest.wait_for_seq(MIN_BLOCKS, timeout=120)
+        events = self.spy_fsfreeze()
+        runs = self.spy_runs()
+        at_flatten = []
+        real_rebase = qemu_img.rebase
+
+        def spy_rebase(*args, **kwargs):
+            at_flatten.append(guest.fs_frozen_status())
+            return real_rebase(*args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.rebase', spy_rebase))
+        request = self.captured_request(guest, {'hw_qemu_guest_agent': True})
+
+        def take():
+            with runner.captured(request, strategy,
+                                 guest_state.LibvirtPowerControl(
+                                     request.guest)):
+                pass
+
+        e = self.assertRaises(exception.QemuImgFailed, take)
+        self.assertIn('injected failure of qemu-img rebase', str(e))
+        self.assertEqual(1, len(runs))
+        frozen = runs[0].quiesce.get('frozen_seconds')
+        self.numbers.update(frozen_seconds=frozen,
+                            fs_events=[ev[:2] for ev in events],
+                            status_at_flatten=at_flatten)
+        self.assertEqual(['freeze', 'thaw'], [ev[0] for ev in events])
+        self.assertGreater(events[0][1], 0)
+        self.assertEqual(events[0][1], events[1][1])
+        self.assertIsNotNone(frozen)
+        self.assertGreater(frozen, 0)
+        self.assertLess(frozen, MAX_FROZEN_SECONDS)
+        # Thawed before the flatten ran, and still thawed now.
+        self.assertEqual(['thawed'], at_flatten)
+        self.assertEqual('thawed', guest.fs_frozen_status())
+        self.assertTrue(guest.dom.isActive())
+        self.assertTrue(guest.dom.isPersistent())
+        self.assert_no_leftovers(guest)
+
+
+class TestRequiredQuiesce(ConsistencyTestCase):
+    """os_require_quiesce with a dead guest agent fails the snapshot."""
+
+    scenarios = _scenarios(LIVE)
+
+    def test_agent_stopped(self):
+        self.flags(strategies=[self.strategy], group='snapdriver')
+        guest = self.boot()
+        # Stop qemu-ga inside the guest, through qemu-ga itself.
+        guest.agent_command('guest-exec', {'path': '/bin/busybox',
+                                           'arg': ['killall', 'qemu-ga']})
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                guest.agent_ping(timeout=2)
+            except libvirt.libvirtError:
+                break
+            self.assertLess(time.monotonic(), deadline,
+                            'qemu-ga still answers after killall')
+            time.sleep(0.2)
+        before = guest.wait_for_seq(MIN_BLOCKS, timeout=120)
+        instance = self.make_instance(guest, {'hw_qemu_guest_agent': 'yes',
+                                              'os_require_quiesce': 'yes'})
+        sampler = base.StateSampler(guest.uuid)
+        sampler.start()
+        try:
+            e = self.assertRaises(exception.QuiesceRequired, self.snapshot,
+                                  guest, instance)
+        finally:
+            sampler.stop()
+
+        message = str(e)
+        self.numbers.update(strategy=self.strategy, message=message,
+                            samples=sampler.samples)
+        self.assertIn(guest.uuid, message)
+        self.assertIn('os_require_quiesce', message)
+        self.assertIn('agent', message)
+        self.assertEqual({}, self.images.uploads)
+        self.assert_running_throughout(guest, sampler)
+        self.assert_no_leftovers(guest)
+        # The writer never stopped and its disk is still one prefix.
+        guest.wait_for_seq(before + RESUME_BLOCKS, timeout=120)
+        n_disk, _run = self.disk_now(guest)
+        self.assertGreaterEqual(n_disk, before + RESUME_BLOCKS)
