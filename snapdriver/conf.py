@@ -53,6 +53,10 @@ stopped.
 
 Possible values:
 
+* ``live-backup``: no guest downtime; a libvirt push-mode backup job writes
+  a point-in-time copy of the root disk straight into the image, in one
+  pass, with no overlay and no change to the domain definition (libvirt
+  7.2 and QEMU 4.2 or later).
 * ``live-shallow-rebase``: no guest downtime; mirrors the root disk onto a
   qcow2 overlay with a transient block copy job (the domain stays
   persistent), then flattens the overlay.
@@ -99,8 +103,9 @@ Related options:
         default=3600,
         min=1,
         help="""
-Maximum time in seconds that a live strategy waits for its libvirt block job
-(the block copy of ``live-shallow-rebase``) to reach the ready state.
+Maximum time in seconds that a live strategy waits for its libvirt job: the
+block copy of ``live-shallow-rebase`` to reach the ready state, the backup
+job of ``live-backup`` to complete.
 
 On timeout the job is aborted, the guest keeps running untouched and the
 snapshot fails with an error naming this option.

@@ -30,7 +30,6 @@ from snapdriver import guest_state
 from snapdriver import request as snap_request
 from snapdriver import runner
 from snapdriver import strategies
-from snapdriver.strategies import live_shallow_rebase
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
@@ -59,29 +58,41 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
     def _clean_snapshot_leftovers(self):
         """Clean what snapshots killed with nova-compute left behind.
 
-        No snapshot runs while the service starts, so every work directory
-        of ours is stale; block copy jobs onto our overlays are aborted.
+        No snapshot runs while the service starts: every installed
+        strategy gets to end the jobs of its own left on running domains
+        (block copies, backups onto our work files), then every work
+        directory of ours is removed.
         """
+        try:
+            cleaners = strategies.Registry.load(
+                strategies.available_names()).strategies
+            guests = self._host.list_guests(only_running=True)
+        except Exception:
+            LOG.exception('Could not look for block jobs left by '
+                          'interrupted snapshots')
+            cleaners = guests = []
+        for guest in guests:
+            try:
+                request = snap_request.build(guest, image_format='raw')
+            except Exception as e:
+                LOG.debug('Skipped leftover check of domain %(name)s: '
+                          '%(err)s', {'name': guest.name, 'err': e})
+                continue
+            for strategy in cleaners:
+                try:
+                    for item in strategy.clean_leftovers(request):
+                        LOG.warning('Cleaned up %(item)s of domain %(name)s '
+                                    'left by an interrupted snapshot',
+                                    {'item': item, 'name': guest.name})
+                except Exception as e:
+                    LOG.warning('Strategy %(strategy)s could not check '
+                                'domain %(name)s for leftovers: %(err)s',
+                                {'strategy': strategy.name,
+                                 'name': guest.name, 'err': e})
         snapdir = CONF.libvirt.snapshots_directory
         for path in runner.clean_stale_workdirs(snapdir):
             LOG.warning('Removed work directory %s left by an interrupted '
                         'snapshot', path)
-        try:
-            guests = self._host.list_guests(only_running=True)
-        except Exception:
-            LOG.exception('Could not list domains to look for block jobs '
-                          'left by interrupted snapshots')
-            return
-        for guest in guests:
-            try:
-                request = snap_request.build(guest, image_format='raw')
-                for item in live_shallow_rebase.LiveShallowRebase(
-                        ).clean_leftovers(request):
-                    LOG.warning('Cleaned up %(item)s of domain %(name)s',
-                                {'item': item, 'name': guest.name})
-            except Exception as e:
-                LOG.debug('Skipped leftover check of domain %(name)s: '
-                          '%(err)s', {'name': guest.name, 'err': e})
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Snapshot the instance's root disk with the configured strategy.

@@ -60,15 +60,15 @@ class QemuImgTimeout(SnapdriverException):
 
 
 class BlockJobTimeout(SnapdriverException):
-    msg_fmt = _("The block %(job)s job of disk %(disk)s did not become ready "
+    msg_fmt = _("The %(job)s job of disk %(disk)s did not finish its copy "
                 "within %(timeout)s seconds and was aborted; the guest kept "
                 "running. Raise [snapdriver] block_job_timeout, or use a "
                 "cold strategy for guests that write faster than the copy.")
 
 
 class BlockJobFailed(SnapdriverException):
-    msg_fmt = _("The block %(job)s job of disk %(disk)s ended before it was "
-                "ready (failed, or aborted from outside): %(reason)s. The "
+    msg_fmt = _("The %(job)s job of disk %(disk)s ended before its copy was "
+                "complete (failed, or aborted from outside): %(reason)s. The "
                 "guest was not changed; check the libvirtd and QEMU logs and "
                 "retry.")
 

@@ -264,16 +264,20 @@ def captured(request, strategy, power, progress=None, image_id=None):
     if strategy.guest_state == base.GUEST_LIVE:
         guest_state.check_quiesce(request)
     check_source(request)
+    # NOTE: as the stock driver does, create the snapshots directory on a
+    # new host before its free space is measured.
+    fileutils.ensure_tree(request.snapshots_directory)
     with run.phase('preflight'):
         needed = check_space(request, strategy)
     LOG.debug('Snapshot needs %d MiB in %s', needed // units.Mi,
               request.snapshots_directory, instance=request.instance)
+    # Jobs of an interrupted snapshot first, then the files they wrote.
+    for item in strategy.clean_leftovers(request):
+        LOG.warning('Cleaned up %s', item, instance=request.instance)
     for path in clean_stale_workdirs(request.snapshots_directory,
                                      request.uuid):
         LOG.warning('Removed work directory %s left by an interrupted '
                     'snapshot', path, instance=request.instance)
-    for item in strategy.clean_leftovers(request):
-        LOG.warning('Cleaned up %s', item, instance=request.instance)
 
     with workdir(request, strategy) as wd:
         out_path = os.path.join(wd, 'image.%s' % request.image_format)

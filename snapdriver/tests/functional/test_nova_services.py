@@ -29,7 +29,6 @@ import os
 import shutil
 import subprocess
 import sys
-import unittest
 
 import fixtures
 from nova.compute import power_state
@@ -292,14 +291,10 @@ class NovaServicesTestCase(base.ServersTestBase):
         self.assertEqual(power_state.SHUTDOWN, self._domain_state(server))
         self.assert_no_leftovers()
 
-    @unittest.expectedFailure
     def test_first_snapshot_creates_snapshots_directory(self):
-        # NOTE: fails today: runner.check_space() calls os.statvfs() on
-        # [libvirt] snapshots_directory before runner.workdir() creates it,
-        # so the first snapshot on a host where it does not exist yet (the
-        # default $instances_path/snapshots on a fresh compute) fails with
-        # FileNotFoundError. The stock driver creates it (ensure_tree).
-        # Remove the decorator once runner.py creates it first.
+        # On a fresh compute host the default $instances_path/snapshots
+        # does not exist yet: the free-space preflight must not fail on it
+        # (the stock driver creates it with ensure_tree).
         os.rmdir(self.snapshots_directory)
         server, disk = self._boot()
         self._snapshot_server(server, 'snap')
