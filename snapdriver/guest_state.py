@@ -21,6 +21,8 @@ when the image asks for it, and always thaws them.
 import contextlib
 import time
 
+import libvirt
+import libvirt_qemu
 from nova.compute import power_state
 from oslo_log import log as logging
 from oslo_utils import excutils
@@ -29,6 +31,9 @@ from snapdriver import exception
 from snapdriver.strategies import base
 
 LOG = logging.getLogger(__name__)
+
+#: Seconds to wait for the guest agent's answer to guest-ping.
+AGENT_PING_TIMEOUT = 5
 
 
 class LibvirtPowerControl(object):
@@ -155,8 +160,19 @@ def check_quiesce(request):
 
     :raises: :class:`exception.QuiesceRequired`
     """
+    if not requires_quiesce(request):
+        return
     reason = can_quiesce(request)
-    if reason and requires_quiesce(request):
+    if reason is None and request.power_state == power_state.RUNNING:
+        # NOTE: ask the agent now, so a dead agent fails the snapshot before
+        # a block job starts rather than after the copy is in sync.
+        try:
+            libvirt_qemu.qemuAgentCommand(
+                request.guest._domain, '{"execute": "guest-ping"}',
+                AGENT_PING_TIMEOUT, 0)
+        except libvirt.libvirtError as e:
+            reason = 'the guest agent does not answer: %s' % e
+    if reason:
         raise exception.QuiesceRequired(instance=request.label,
                                         reason=reason)
 

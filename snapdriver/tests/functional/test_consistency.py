@@ -408,6 +408,8 @@ class TestRequiredQuiesce(ConsistencyTestCase):
         self.assertIn(guest.uuid, message)
         self.assertIn('os_require_quiesce', message)
         self.assertIn('agent', message)
+        # Found by the guest-ping preflight, before any job started.
+        self.assertIn('does not answer', message)
         self.assertEqual({}, self.images.uploads)
         self.assert_running_throughout(guest, sampler)
         self.assert_no_leftovers(guest)
