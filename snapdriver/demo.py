@@ -27,7 +27,8 @@ Nothing is set up by hand and nothing is faked but Nova's compute manager:
 5. each image is downloaded back from Glance and compared with the
    reference content; the guest must be back in its state, persistent and
    without a managed-save image;
-6. everything is removed, also on Ctrl-C, SIGTERM or failure.
+6. everything is removed, also on Ctrl-C, SIGTERM or failure (the
+   command turns them into :class:`snapdriver.cmd.cli.Interrupted`).
 
 The exit code is 0 only when every snapshot that ran was verified.
 """
@@ -36,7 +37,6 @@ import contextlib
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -194,23 +194,6 @@ def ensure_host(out):
                                               reason))
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Turn SIGTERM into KeyboardInterrupt, so cleanups run."""
-    def _handler(signum, frame):
-        raise KeyboardInterrupt()
-    try:
-        previous = signal.signal(signal.SIGTERM, _handler)
-    except ValueError:
-        # Not the main thread: leave signals alone.
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def set_state(domain, state):
     """Bring the demo domain to ``state`` (running, paused, shutoff)."""
     current = domain.state()
@@ -297,7 +280,6 @@ class Demo(object):
         reason = glance_fixture.glance_unavailable_reason()
         if reason is not None:
             raise cli.CliError('%s; "tox -e demo" installs it' % reason)
-        stack.enter_context(sigterm_as_interrupt())
         parent = (real.DEFAULT_IMAGES_PARENT
                   if os.access(real.DEFAULT_IMAGES_PARENT, os.W_OK)
                   else tempfile.gettempdir())
@@ -370,10 +352,13 @@ class Demo(object):
                 self.rows.append(row)
                 try:
                     self.run_one(row)
-                except KeyboardInterrupt:
+                except (cli.Interrupted, KeyboardInterrupt):
                     row.error = 'interrupted'
                     raise
                 except Exception as e:
+                    if cli.interrupted():
+                        row.error = 'interrupted'
+                        raise cli.Interrupted(cli.interrupted()) from e
                     LOG.debug('Demo snapshot %(name)s of a %(state)s guest '
                               'failed', {'name': name, 'state': state},
                               exc_info=True)
@@ -522,12 +507,14 @@ def run(args, out):
     demo = Demo(out, names, states, args.format, args.size_mib)
     interrupted = False
     with contextlib.ExitStack() as stack:
-        demo.start(stack)
-        demo.say('%d strategies x %d guest states, %s images\n'
-                 % (len(names), len(states), args.format))
         try:
+            demo.start(stack)
+            demo.say('%d strategies x %d guest states, %s images\n'
+                     % (len(names), len(states), args.format))
             demo.run()
-        except KeyboardInterrupt:
+        except BaseException as e:
+            if not (cli.interrupted() or isinstance(e, KeyboardInterrupt)):
+                raise
             interrupted = True
             demo.say('\ninterrupted: cleaning up')
     out.write('\n%s\n' % demo.table())

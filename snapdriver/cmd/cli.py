@@ -20,16 +20,20 @@ and :func:`snapdriver.runner.captured`.
 """
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import stat
 import sys
 import tempfile
 
 import libvirt
+from nova.compute import power_state
 from nova import exception as nova_exception
 from nova.virt.libvirt import guest as libvirt_guest
 from oslo_log import log as logging
+from oslo_utils import excutils
 from oslo_utils import units
 import stevedore
 
@@ -61,6 +65,62 @@ class CliError(Exception):
     def __init__(self, message, code=EXIT_FAILED):
         super().__init__(message)
         self.code = code
+
+
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) or SIGTERM while a command runs.
+
+    An ``Exception``, unlike ``KeyboardInterrupt``: the runner and
+    :func:`snapdriver.guest_state.held` clean up and restore the guest on
+    ``Exception``, and a ``KeyboardInterrupt`` in the middle of a cold
+    snapshot would leave the guest managed-saved (shut off).
+    """
+
+
+_RECEIVED = {'signal': None}
+
+
+def interrupted():
+    """Return the name of the signal that interrupted the command, or None.
+
+    Libraries may catch :class:`Interrupted` as any ``Exception`` and raise
+    another error instead (oslo.config turns any error in an option lookup
+    into ``NoSuchOptError``); callers check this to know an error is really
+    an interrupt.
+    """
+    return _RECEIVED['signal']
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions():
+    """Raise :class:`Interrupted` on the first SIGINT or SIGTERM.
+
+    Later signals only print a note: the guest is being restored and the
+    temporary files removed, which an interrupt must not cut short.
+    """
+    signals = (signal.SIGINT, signal.SIGTERM)
+    _RECEIVED['signal'] = None
+
+    def _again(signum, frame):
+        sys.stderr.write('snapdriver: cleaning up, please wait\n')
+
+    def _first(signum, frame):
+        for sig in signals:
+            signal.signal(sig, _again)
+        _RECEIVED['signal'] = signal.Signals(signum).name
+        raise Interrupted(_RECEIVED['signal'])
+
+    try:
+        previous = [(sig, signal.signal(sig, _first)) for sig in signals]
+    except ValueError:
+        # Not the main thread (an embedding program): leave signals alone.
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous:
+            signal.signal(sig, handler)
 
 
 # Configuration and libvirt
@@ -399,6 +459,30 @@ def _place_output(src, dest):
         raise
 
 
+def _ensure_restored(request, guest):
+    """Restart a guest a failed or interrupted cold snapshot left saved.
+
+    guest_state.held() restores the guest when the capture fails, but an
+    interrupt that lands just after the managed save returns, before
+    held() reaches its ``try``, escapes it.
+    """
+    if not request.is_active:
+        return
+    try:
+        dom = guest._domain
+        if dom.isActive() or not dom.hasManagedSaveImage(0):
+            return
+        paused = request.power_state == power_state.PAUSED
+        LOG.warning('The snapshot of %(name)s was interrupted with the '
+                    'guest managed-saved; restoring it to %(state)s',
+                    {'name': request.name,
+                     'state': request.power_state_name})
+        guest_state.LibvirtPowerControl(guest).restore(paused)
+    except Exception:
+        LOG.exception('Could not restore guest %(name)s; start it with '
+                      '"virsh start %(name)s"', {'name': request.name})
+
+
 def cmd_snapshot(args, out):
     output = _check_output(args.output, args.force)
     registry = load_registry([args.strategy] if args.strategy else None)
@@ -443,7 +527,11 @@ def _snapshot(args, out, registry, guest, output, workdir):
                                'not replacing it' % output)
             _place_output(out_path, output)
     except nova_exception.NovaException as e:
+        _ensure_restored(request, guest)
         raise CliError(str(e))
+    except BaseException:
+        with excutils.save_and_reraise_exception():
+            _ensure_restored(request, guest)
     finally:
         progress.close()
     summary = run.summary()
@@ -555,14 +643,22 @@ def main(argv=None, out=None):
     try:
         load_config(args.config_file, args.config_dir)
         setup_logging(args.debug, args.quiet_logs)
-        return args.func(args, out)
+        with interrupts_as_exceptions():
+            return args.func(args, out)
     except CliError as e:
         sys.stderr.write('snapdriver %s: error: %s\n' % (args.command, e))
         return e.code
-    except KeyboardInterrupt:
-        sys.stderr.write('snapdriver %s: interrupted\n' % args.command)
+    except BaseException as e:
+        if not (interrupted() or isinstance(e, KeyboardInterrupt)):
+            raise
+        sys.stderr.write('snapdriver %s: interrupted by %s; cleaned up\n'
+                         % (args.command, interrupted() or 'SIGINT'))
         return 130
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # NOTE: "python -m snapdriver.cmd.cli" runs a second copy of this
+    # module as __main__; use the package's, so that demo.py and main()
+    # share one Interrupted class.
+    from snapdriver.cmd import cli as _cli
+    sys.exit(_cli.main())

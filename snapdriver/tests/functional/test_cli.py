@@ -19,9 +19,11 @@ their own); one runs the installed console script.
 import io
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import fixtures
 from oslo_config import fixture as config_fixture
@@ -341,3 +343,31 @@ class SnapshotTestCase(CliTestCase):
             err = f.read().decode()
         _pid, status = os.waitpid(pid, 0)
         return os.waitstatus_to_exitcode(status), err
+
+
+class InterruptTestCase(CliTestCase):
+
+    def test_ctrl_c_during_a_cold_snapshot_restores_the_guest(self):
+        domain = self.make_domain('running')
+        output = os.path.join(self.outdir, 'interrupted.raw')
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'snapdriver.cmd.cli',
+             '--config-file', self.conf_file, 'snapshot', domain.name,
+             output, '--strategy', 'cold-direct-extract', '--format', 'raw'],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        # Wait for the managed save to begin, then press Ctrl-C.
+        deadline = time.monotonic() + 120
+        while domain.state() == 'running' and proc.poll() is None:
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+
+        self.assertEqual(130, proc.returncode, err)
+        self.assertIn('interrupted', err)
+        self.assertEqual('running', domain.state())
+        self.assertTrue(domain.is_persistent())
+        self.assertFalse(domain.has_managed_save())
+        self.assertFalse(os.path.exists(output))
+        self.assertEqual([], os.listdir(self.snapshots_directory))

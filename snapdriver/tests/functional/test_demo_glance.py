@@ -21,6 +21,9 @@ test runs the ``snapdriver demo`` command itself.
 import io
 import os
 import re
+import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -163,7 +166,10 @@ class DemoCommandTestCase(base.DriverTestCase):
         self.assertIn('3 snapshots through Glance, 3 verified, 0 failed; '
                       '1 combinations do not apply', text)
 
-        # Everything it made is gone: domain, Glance API, files.
+        self.assert_all_removed(text)
+
+    def assert_all_removed(self, text):
+        """Everything the demo made is gone: domain, Glance, files."""
         name = re.search(r'Throwaway domain (\S+):', text).group(1)
         endpoint = re.search(r'on (http://127\.0\.0\.1:\d+)', text).group(1)
         conn = libvirt.open(real.LIBVIRT_URI)
@@ -173,3 +179,28 @@ class DemoCommandTestCase(base.DriverTestCase):
                           endpoint + '/versions', timeout=5)
         workdir = re.search(r'Work directory (\S+)', text).group(1)
         self.assertFalse(os.path.exists(workdir))
+
+    def test_ctrl_c_removes_everything(self):
+        errors = os.path.join(self.workdir, 'stderr')
+        with open(errors, 'w') as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, '-m', 'snapdriver.cmd.cli',
+                 '--config-file', self.conf_file, 'demo',
+                 '--strategy', 'cold-direct-extract', '--size-mib', '32'],
+                stdout=subprocess.PIPE, stderr=stderr, text=True)
+        self.addCleanup(proc.kill)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            # Glance runs, the domain exists: press Ctrl-C.
+            if line.startswith('Throwaway domain'):
+                proc.send_signal(signal.SIGINT)
+        proc.wait(300)
+        text = ''.join(lines)
+        with open(errors) as f:
+            err = f.read()
+
+        self.assertEqual(130, proc.returncode, text + err)
+        self.assertIn('interrupted: cleaning up', text)
+        self.assertIn('0 snapshots through Glance', text)
+        self.assert_all_removed(text)
