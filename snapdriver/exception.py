@@ -39,8 +39,8 @@ class NoApplicableSnapshotStrategy(SnapdriverException):
     msg_fmt = _("No snapshot strategy in [snapdriver] strategies applies to "
                 "instance %(instance)s, so the guest was not touched: "
                 "%(reasons)s. Add a strategy that applies to this instance "
-                "to [snapdriver] strategies (for example cold-direct-extract "
-                "or stock), or change the instance's state.")
+                "to [snapdriver] strategies, or change the instance's "
+                "state.")
 
 
 class SnapshotStrategyNotApplicable(SnapdriverException):

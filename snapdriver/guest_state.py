@@ -113,14 +113,29 @@ def held(request, needed, power, record=None):
              {'state': request.power_state_name, 'name': request.name},
              instance=request.instance)
     record.suspended_at = time.monotonic()
-    power.suspend()
+    # NOTE: BaseException, not Exception: an interrupt (Ctrl-C in the CLI,
+    # GreenletExit or a timeout in nova-compute) must not leave the guest
+    # managed-saved either, also when it lands inside the managed save.
+    try:
+        power.suspend()
+    except BaseException:
+        with excutils.save_and_reraise_exception():
+            if not _is_active(request):
+                _restore(request, power, paused, record)
     try:
         yield record
-    except Exception:
+    except BaseException:
         with excutils.save_and_reraise_exception():
             _restore(request, power, paused, record)
     else:
         _restore(request, power, paused, record)
+
+
+def _is_active(request):
+    try:
+        return bool(request.guest.is_active())
+    except Exception:
+        return True
 
 
 def _restore(request, power, paused, record):
