@@ -113,6 +113,15 @@ def check_source(request):
     if actual != declared:
         raise exception.DiskFormatMismatch(path=path, declared=declared,
                                            actual=actual)
+    # NOTE: an instance disk normally has a backing file (its image in
+    # _base), which format_inspector's backing_file check refuses and logs
+    # as a warning on every snapshot. Skip that one check when we can; the
+    # backing file is compared with the domain XML below instead. If
+    # oslo.utils stops keeping checks in this dict, the failure is still
+    # tolerated below, only with the log line back.
+    checks = getattr(inspector, '_safety_checks', None)
+    if isinstance(checks, dict):
+        checks.pop('backing_file', None)
     try:
         inspector.safety_check()
     except format_inspector.SafetyCheckFailed as e:

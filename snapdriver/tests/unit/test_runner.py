@@ -1,0 +1,96 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""runner.check_source / check_output on real tiny images."""
+
+import logging
+import os
+import shutil
+from unittest import mock
+
+import fixtures
+from oslo_utils import units
+from oslotest import base
+
+from snapdriver import exception
+from snapdriver import qemu_img
+from snapdriver import runner
+from snapdriver.tests.unit import fakes
+
+_XML = """<domain><devices><disk type='file' device='disk'>
+<source file='%s'/><target dev='vda'/>%s</disk></devices></domain>"""
+_BACKING = "<backingStore type='file'><source file='%s'/></backingStore>"
+
+
+class CheckSourceTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        if shutil.which('qemu-img') is None:
+            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
+                          'installs it)')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.base = os.path.join(self.dir, 'base.raw')
+        qemu_img.create(self.base, 'raw', 4 * units.Mi)
+        self.disk = os.path.join(self.dir, 'disk')
+        qemu_img.create(self.disk, 'qcow2', 4 * units.Mi,
+                        backing_file=self.base, backing_fmt='raw')
+        self.log = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+
+    def _request(self, path, fmt='qcow2', xml_backing=None, backing=None):
+        guest = mock.Mock()
+        store = _BACKING % xml_backing if xml_backing else ''
+        guest.get_xml_desc.return_value = _XML % (path, store)
+        return fakes.make_request(guest=guest, disk_path=path,
+                                  source_format=fmt, source_type=fmt,
+                                  backing_file=backing)
+
+    def test_overlay_on_its_backing_file_is_accepted_quietly(self):
+        runner.check_source(self._request(self.disk, xml_backing=self.base,
+                                          backing=self.base))
+        self.assertNotIn('Safety check', self.log.output)
+
+    def test_backing_file_not_in_the_xml_is_refused(self):
+        e = self.assertRaises(
+            exception.DiskFormatMismatch, runner.check_source,
+            self._request(self.disk, xml_backing='/other/base',
+                          backing=self.base))
+        self.assertIn('/other/base', str(e))
+
+    def test_data_file_is_refused(self):
+        data = os.path.join(self.dir, 'data.raw')
+        path = os.path.join(self.dir, 'withdata.qcow2')
+        qemu_img._run('create', path, ['create', '-f', 'qcow2', '-o',
+                                       'data_file=%s' % data, '--', path,
+                                       str(units.Mi)])
+        e = self.assertRaises(exception.DiskFormatMismatch,
+                              runner.check_source, self._request(path))
+        self.assertIn('data_file', str(e))
+
+    def test_qcow2_declared_raw_is_refused(self):
+        e = self.assertRaises(exception.DiskFormatMismatch,
+                              runner.check_source,
+                              self._request(self.disk, fmt='raw'))
+        self.assertIn('declared raw', str(e))
+        self.assertIn('qcow2', str(e))
+
+    def test_output_with_a_backing_file_is_refused(self):
+        self.assertRaises(exception.UnsafeDiskImage, runner.check_output,
+                          self.disk, 'qcow2')
+
+    def test_flat_output_is_accepted(self):
+        out = os.path.join(self.dir, 'out.qcow2')
+        qemu_img.convert(self.disk, 'qcow2', out, 'qcow2')
+        runner.check_output(out, 'qcow2')
+        raw = os.path.join(self.dir, 'out.raw')
+        qemu_img.convert(self.disk, 'qcow2', raw, 'raw')
+        runner.check_output(raw, 'raw')
