@@ -22,7 +22,8 @@ import nova.conf
 
 CONF = nova.conf.CONF
 
-DEFAULT_STRATEGIES = ['live-shallow-rebase', 'cold-direct-extract', 'stock']
+DEFAULT_STRATEGIES = ['live-backup', 'live-shallow-rebase',
+                      'cold-direct-extract', 'stock']
 
 snapdriver_group = cfg.OptGroup(
     'snapdriver',

@@ -208,7 +208,13 @@ def rebase(path, fmt, backing_file, backing_fmt=None, timeout=None):
     :raises: :class:`exception.QemuImgFailed`,
         :class:`exception.QemuImgTimeout`
     """
-    args = ['rebase', '-f', _check_format(fmt), '-b', backing_file]
+    # NOTE: cache mode 'unsafe' (no flush per write), as qemu-img convert
+    # uses for its target by default: the default writeback mode made the
+    # flatten of a live snapshot ~8x slower than a convert of the same data.
+    # The file is a temporary output nobody reads until we return; a host
+    # crash fails the snapshot anyway.
+    args = ['rebase', '-f', _check_format(fmt), '-t', 'unsafe',
+            '-b', backing_file]
     if backing_file:
         args += ['-F', _check_format(backing_fmt)]
     args += ['--', path]

@@ -115,8 +115,8 @@ class StrategiesTestCase(CliTestCase):
                     if ln.startswith(strategy.name + ' ')]
             self.assertEqual(1, len(line), out)
             self.assertIn(strategy.description, line[0])
-        self.assertIn('[snapdriver] strategies = live-shallow-rebase, '
-                      'cold-direct-extract, stock', out)
+        self.assertIn('[snapdriver] strategies = live-backup, '
+                      'live-shallow-rebase, cold-direct-extract, stock', out)
 
     def test_shows_configured_order(self):
         self.write_conf(['cold-internal', 'live-shallow-rebase'])
@@ -156,7 +156,9 @@ class PlanTestCase(CliTestCase):
         rc, out, _err = self.cli('plan', domain.name)
         self.assertEqual(0, rc, out)
         self.assertIn('state:    running', out)
-        self.assertIn('CHOSEN', self.plan_line(out, 'live-shallow-rebase'))
+        self.assertIn('CHOSEN', self.plan_line(out, 'live-backup'))
+        self.assertIn('not considered',
+                      self.plan_line(out, 'live-shallow-rebase'))
         self.assertIn('not considered',
                       self.plan_line(out, 'cold-direct-extract'))
 
@@ -165,8 +167,9 @@ class PlanTestCase(CliTestCase):
         rc, out, _err = self.cli('plan', domain.uuid)
         self.assertEqual(0, rc, out)
         self.assertIn('state:    shut off', out)
-        self.assertIn('skipped: the guest is shut off',
-                      self.plan_line(out, 'live-shallow-rebase'))
+        for live in ('live-backup', 'live-shallow-rebase'):
+            self.assertIn('skipped: the guest is shut off',
+                          self.plan_line(out, live))
         self.assertIn('CHOSEN', self.plan_line(out, 'cold-direct-extract'))
 
     def test_disabled_live_snapshot_is_a_reason(self):
@@ -175,8 +178,9 @@ class PlanTestCase(CliTestCase):
         domain = self.make_domain('running')
         rc, out, _err = self.cli('plan', domain.name)
         self.assertEqual(0, rc, out)
-        self.assertIn('[workarounds] disable_libvirt_livesnapshot is set',
-                      self.plan_line(out, 'live-shallow-rebase'))
+        for live in ('live-backup', 'live-shallow-rebase'):
+            self.assertIn('[workarounds] disable_libvirt_livesnapshot is set',
+                          self.plan_line(out, live))
         self.assertIn('CHOSEN', self.plan_line(out, 'cold-direct-extract'))
 
     def test_format_option_and_configured_strategy(self):
@@ -234,7 +238,7 @@ class SnapshotTestCase(CliTestCase):
         self.assertEqual(0, rc, err)
         self.assert_image(output, 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
-        self.assertIn('strategy:        live-shallow-rebase', out)
+        self.assertIn('strategy:        live-backup', out)
         self.assertIn('guest downtime:  0.000 s', out)
         self.assertIn('output size:     ', out)
         self.assertIn('(%d bytes)' % os.path.getsize(output), out)

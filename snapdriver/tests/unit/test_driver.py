@@ -71,8 +71,9 @@ class DriverTestCase(test.NoDBTestCase):
             self.driver.init_host('host')
         mock_init.assert_called_once_with('host')
         clean.assert_called_once_with()
-        self.assertEqual(['live-shallow-rebase', 'cold-direct-extract',
-                          'stock'], self.driver.snapshot_registry.names())
+        self.assertEqual(['live-backup', 'live-shallow-rebase',
+                          'cold-direct-extract', 'stock'],
+                         self.driver.snapshot_registry.names())
 
     def test_missing_domain_is_instance_not_running(self):
         instance = mock.Mock(uuid='fake-uuid')
