@@ -134,6 +134,31 @@ Possible values:
 
 * A number of seconds between 0.01 and 10.
 """),
+    cfg.StrOpt(
+        'live_flatten',
+        default='auto',
+        choices=[
+            ('auto', 'convert when the filesystem holds the overlay and the '
+                     'image at once (plus the margin), else in place'),
+            ('convert', 'always convert the overlay into a new image file, '
+                        'as the stock driver does: fastest, but the host '
+                        'holds the overlay and the image together'),
+            ('in-place', 'always turn the overlay itself into the image '
+                         '(qemu-img rebase onto nothing): the host never '
+                         'holds two copies, but it reads the whole virtual '
+                         'disk and takes several times longer'),
+        ],
+        help="""
+How ``live-shallow-rebase`` turns its overlay into a standalone image.
+
+Only matters for an uncompressed qcow2 output; raw or compressed outputs
+are always converted.
+
+Related options:
+
+* ``free_space_margin_mb``
+* ``[libvirt] snapshot_image_format``, ``[libvirt] snapshot_compression``
+"""),
     cfg.IntOpt(
         'free_space_margin_mb',
         default=256,

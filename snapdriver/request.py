@@ -14,6 +14,7 @@
 
 import dataclasses
 import typing as ty
+from xml.etree import ElementTree
 
 from nova.compute import power_state
 from nova.virt.libvirt import config as vconfig
@@ -103,6 +104,20 @@ class SnapshotRequest:
         if self.instance is not None:
             return self.instance.uuid
         return self.name
+
+
+def root_disk_element(request):
+    """Return the live XML ``<disk>`` element of the root disk, or None.
+
+    For what nova's config objects do not keep (the mirror destination,
+    the backing chain libvirt sees).
+    """
+    root = ElementTree.fromstring(request.guest.get_xml_desc())
+    for elem in root.findall('./devices/disk'):
+        target = elem.find('target')
+        if target is not None and target.get('dev') == request.disk_dev:
+            return elem
+    return None
 
 
 def _root_disk(guest):

@@ -23,7 +23,6 @@ import shutil
 import stat
 import tempfile
 import time
-from xml.etree import ElementTree
 
 import libvirt
 from nova import exception as nova_exception
@@ -36,6 +35,7 @@ from snapdriver import conf
 from snapdriver import exception
 from snapdriver import guest_state
 from snapdriver import qemu_img
+from snapdriver import request as snap_request
 from snapdriver.strategies import base
 
 LOG = logging.getLogger(__name__)
@@ -143,14 +143,9 @@ def check_source(request):
 
 
 def _xml_backing_file(request):
-    root = ElementTree.fromstring(request.guest.get_xml_desc())
-    for elem in root.findall('./devices/disk'):
-        target = elem.find('target')
-        if target is None or target.get('dev') != request.disk_dev:
-            continue
-        store = elem.find('backingStore/source')
-        return store.get('file') if store is not None else None
-    return None
+    elem = snap_request.root_disk_element(request)
+    store = elem.find('backingStore/source') if elem is not None else None
+    return store.get('file') if store is not None else None
 
 
 def check_output(path, fmt, image_id=None):

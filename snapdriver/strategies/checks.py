@@ -15,6 +15,7 @@
 from nova.compute import power_state
 
 from snapdriver import conf
+from snapdriver import guest_state
 from snapdriver import qemu_img
 
 CONF = conf.CONF
@@ -65,6 +66,22 @@ def live_state(request):
         return ('[ephemeral_storage_encryption] enabled requires cold '
                 'snapshots')
     return None
+
+
+def live_quiesce(request):
+    """A live snapshot must honour os_require_quiesce.
+
+    A cold snapshot needs no quiesce (the guest is stopped), so a live
+    strategy that cannot quiesce steps aside for the next one.
+    """
+    if not guest_state.requires_quiesce(request):
+        return None
+    why = guest_state.can_quiesce(request)
+    if why is None and request.power_state == power_state.PAUSED:
+        why = 'the guest is paused'
+    if why is None:
+        return None
+    return 'the image requires quiesce (os_require_quiesce) and %s' % why
 
 
 def first(*reasons):

@@ -26,7 +26,6 @@ import time
 from xml.etree import ElementTree
 
 import libvirt
-from nova.compute import power_state
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import fileutils
@@ -306,14 +305,7 @@ class LiveBackup(base.SnapshotStrategy):
         reason = unsupported_versions(request.guest._domain)
         if reason is not None:
             return reason
-        if guest_state.requires_quiesce(request):
-            why = guest_state.can_quiesce(request)
-            if why is None and request.power_state == power_state.PAUSED:
-                why = 'the guest is paused'
-            if why is not None:
-                return ('the image requires quiesce (os_require_quiesce) '
-                        'and %s' % why)
-        return None
+        return checks.live_quiesce(request)
 
     def _direct(self, request):
         """True when the backup target can be the output itself."""

@@ -21,18 +21,18 @@ libvirt runs the copy as a transient job on the persistent domain.
 
 import os
 import time
-from xml.etree import ElementTree
 
 import libvirt
-from nova.compute import power_state
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import fileutils
+from oslo_utils import units
 
 from snapdriver import conf
 from snapdriver import exception
 from snapdriver import guest_state
 from snapdriver import qemu_img
+from snapdriver import request as snap_request
 from snapdriver.strategies import base
 from snapdriver.strategies import checks
 
@@ -57,19 +57,14 @@ def mirror_of(request):
         return None
     # NOTE: nova's LibvirtConfigGuestDiskMirror keeps only 'ready'; read the
     # destination from the live XML.
-    root = ElementTree.fromstring(request.guest.get_xml_desc())
-    for elem in root.findall('./devices/disk'):
-        target = elem.find('target')
-        if target is None or target.get('dev') != request.disk_dev:
-            continue
-        mirror = elem.find('mirror')
-        if mirror is None:
-            return None
-        src = mirror.find('source')
-        if src is not None and src.get('file'):
-            return src.get('file')
-        return mirror.get('file')
-    return None
+    elem = snap_request.root_disk_element(request)
+    mirror = elem.find('mirror') if elem is not None else None
+    if mirror is None:
+        return None
+    src = mirror.find('source')
+    if src is not None and src.get('file'):
+        return src.get('file')
+    return mirror.get('file')
 
 
 def is_ours(path, request):
@@ -140,27 +135,37 @@ class LiveShallowRebase(base.SnapshotStrategy):
             # is never needed; refuse rather than undefine a domain.
             return ('libvirt-python lacks transient block copy jobs, which '
                     'keep the domain persistent')
-        if guest_state.requires_quiesce(request):
-            why = guest_state.can_quiesce(request)
-            if why is None and request.power_state == power_state.PAUSED:
-                why = 'the guest is paused'
-            if why is not None:
-                return ('the image requires quiesce (os_require_quiesce) '
-                        'and %s' % why)
-        return None
+        return checks.live_quiesce(request)
 
-    def _flatten_in_place(self, request):
+    def _can_flatten_in_place(self, request):
         return request.image_format == 'qcow2' and not request.compress
 
     def space_needed(self, request):
         out = qemu_img.measure(request.disk_path, request.source_format,
                                request.image_format)
-        if self._flatten_in_place(request):
-            # The overlay grows into the image itself.
+        if (self._can_flatten_in_place(request) and
+                CONF.snapdriver.live_flatten != 'convert'):
+            # The overlay can always grow into the image itself.
             return out
         top = qemu_img.info(request.disk_path, request.source_format,
                             force_share=True).disk_size or 0
         return out + top
+
+    def _flatten_mode(self, request, delta):
+        """Return 'convert' or 'in-place' ([snapdriver] live_flatten)."""
+        if not self._can_flatten_in_place(request):
+            return 'convert'
+        mode = CONF.snapdriver.live_flatten
+        if mode == 'auto':
+            needed = qemu_img.measure(delta, 'qcow2', request.image_format)
+            st = os.statvfs(os.path.dirname(delta))
+            free = st.f_bavail * st.f_frsize
+            margin = CONF.snapdriver.free_space_margin_mb * units.Mi
+            mode = 'convert' if needed + margin <= free else 'in-place'
+        LOG.info('Flattening the overlay of %(name)s: %(mode)s',
+                 {'name': request.name, 'mode': mode},
+                 instance=request.instance)
+        return mode
 
     def clean_leftovers(self, request):
         dest = mirror_of(request)
@@ -209,10 +214,11 @@ class LiveShallowRebase(base.SnapshotStrategy):
 
         try:
             with run.phase('flatten'):
-                if self._flatten_in_place(request):
+                if self._flatten_mode(request, delta) == 'in-place':
                     # NOTE: rebasing onto nothing copies only the backing
                     # file's data into the overlay (its own data is already
-                    # there), so the host never holds two copies.
+                    # there), so the host never holds two copies; but QEMU
+                    # reads the whole virtual disk to do it.
                     qemu_img.rebase(delta, 'qcow2', backing_file='')
                     os.rename(delta, out_path)
                 else:

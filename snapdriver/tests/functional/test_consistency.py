@@ -323,6 +323,8 @@ class TestQuiesceFailures(ConsistencyTestCase):
 
     def test_thaw_before_failed_flatten(self):
         strategy = self.strategy_object('live-shallow-rebase')
+        # The in-place flatten is the one that runs qemu-img rebase.
+        self.flags(live_flatten='in-place', group='snapdriver')
         wrapper = os.path.join(self.workdir, 'qemu-img-fails-flatten')
         with open(wrapper, 'w') as f:
             f.write(_WRAPPER % shutil.which('qemu-img'))

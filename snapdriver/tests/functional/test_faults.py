@@ -305,6 +305,9 @@ class QemuImgFaultTestCase(FaultTestCase):
     def test_fault(self):
         self.flags(strategies=[self.strategy], group='snapdriver')
         self.flags(snapshot_image_format=self.fmt, group='libvirt')
+        if self.subcommand == 'rebase':
+            # The in-place flatten is the one that runs qemu-img rebase.
+            self.flags(live_flatten='in-place', group='snapdriver')
         if self.mode == 'hang':
             self.flags(qemu_img_timeout=2, group='snapdriver')
         self.inject(self.subcommand, self.mode, self.match)

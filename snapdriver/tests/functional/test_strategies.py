@@ -17,6 +17,9 @@ checks the uploaded image holds exactly the disk's content, the guest is
 back in the state it had and still persistent, and nothing is left behind.
 """
 
+import logging
+
+import fixtures
 import testscenarios
 
 from snapdriver.tests.functional import base
@@ -91,3 +94,26 @@ class DefaultChoiceTestCase(base.DriverTestCase):
         # A cold strategy stopped the guest for a while.
         self.assertIn('shutoff', sampler.states)
         self.assertEqual(0, sampler.transient_samples)
+
+
+class LiveFlattenTestCase(base.DriverTestCase):
+    """[snapdriver] live_flatten: both ways give the same image."""
+
+    scenarios = [
+        ('auto', {'mode': 'auto', 'expected': 'convert'}),
+        ('convert', {'mode': 'convert', 'expected': 'convert'}),
+        ('in-place', {'mode': 'in-place', 'expected': 'in-place'}),
+    ]
+
+    def test_flatten(self):
+        self.flags(strategies=['live-shallow-rebase'],
+                   live_flatten=self.mode, group='snapdriver')
+        log = self.useFixture(fixtures.FakeLogger(
+            name='snapdriver.strategies.live_shallow_rebase',
+            level=logging.INFO))
+        domain = self.make_domain('running')
+        self.snapshot(domain)
+        self.assertIn('Flattening the overlay of %s: %s'
+                      % (domain.name, self.expected), log.output)
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')

@@ -31,7 +31,9 @@ class ConfTestCase(base.BaseTestCase):
     def test_every_option_is_documented(self):
         for group, opts in conf.list_opts():
             for opt in opts:
-                self.assertIn('Possible values', opt.help, opt.name)
+                # oslo.config writes "Possible values" itself for choices.
+                if not getattr(opt.type, 'choices', None):
+                    self.assertIn('Possible values', opt.help, opt.name)
                 self.assertGreater(len(opt.help.strip()), 80, opt.name)
 
     def test_list_opts_is_the_registered_group(self):

@@ -12,8 +12,10 @@
 
 """Which strategy applies to which snapshot, and why not."""
 
+import fixtures
 from nova.compute import power_state
 from oslo_config import fixture as config_fixture
+from oslo_utils import units
 from oslotest import base
 
 from snapdriver import conf
@@ -141,3 +143,50 @@ class StrategyRulesTestCase(base.BaseTestCase):
         xml = live_shallow_rebase.DEST_XML % live_shallow_rebase._xml_escape(
             "/a/b'<c>&d")
         self.assertIn("/a/b&apos;&lt;c&gt;&amp;d", xml)
+
+
+class LiveFlattenChoiceTestCase(base.BaseTestCase):
+    """[snapdriver] live_flatten = auto picks by free space."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.conf.config(free_space_margin_mb=100, group='snapdriver')
+        self.live = live_shallow_rebase.LiveShallowRebase()
+        self.request = fakes.make_request()
+        self.measure = self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.measure', return_value=500 * units.Mi)).mock
+        self.statvfs = self.useFixture(fixtures.MockPatch(
+            'os.statvfs')).mock
+        self.statvfs.return_value.f_frsize = 4096
+
+    def _free(self, mib):
+        self.statvfs.return_value.f_bavail = mib * units.Mi // 4096
+
+    def test_auto_converts_when_both_copies_fit(self):
+        self._free(601)
+        self.assertEqual('convert',
+                         self.live._flatten_mode(self.request, '/w/d'))
+        self.measure.assert_called_once_with('/w/d', 'qcow2', 'qcow2')
+
+    def test_auto_goes_in_place_when_space_is_short(self):
+        self._free(599)
+        self.assertEqual('in-place',
+                         self.live._flatten_mode(self.request, '/w/d'))
+
+    def test_explicit_modes_are_obeyed(self):
+        self._free(1)
+        self.conf.config(live_flatten='convert', group='snapdriver')
+        self.assertEqual('convert',
+                         self.live._flatten_mode(self.request, '/w/d'))
+        self.conf.config(live_flatten='in-place', group='snapdriver')
+        self._free(10 ** 6)
+        self.assertEqual('in-place',
+                         self.live._flatten_mode(self.request, '/w/d'))
+        self.measure.assert_not_called()
+
+    def test_raw_or_compressed_output_is_always_converted(self):
+        self.conf.config(live_flatten='in-place', group='snapdriver')
+        for req in (fakes.replace(self.request, image_format='raw'),
+                    fakes.replace(self.request, compress=True)):
+            self.assertEqual('convert', self.live._flatten_mode(req, '/w/d'))
