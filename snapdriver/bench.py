@@ -29,6 +29,17 @@ Usage::
 
 Writes ``results.json``, ``results.md`` and ``results.png`` (when
 matplotlib is installed) to ``--output-dir``.
+
+With ``--writer`` it snapshots a running guest that writes instead: every
+run boots a fresh :class:`writer_guest.WriterGuest` (a real Linux guest
+writing sequence-numbered blocks to its disk, with a guest agent), waits
+for ``--writer-blocks`` blocks, snapshots it through the driver with
+``hw_qemu_guest_agent=yes`` and checks the upload is a crash-consistent
+prefix of the writes (``writer_guest.scan_image``)::
+
+    python -m snapdriver.bench --writer --repeat 3
+
+and writes ``writer-results.json`` and ``writer-results.md``.
 """
 
 import argparse
@@ -65,6 +76,7 @@ from snapdriver import runner
 from snapdriver import strategies
 from snapdriver.strategies import base as strategy_base
 from snapdriver.tests.functional import fixtures as real
+from snapdriver.tests.functional import writer_guest
 
 CONF = conf.CONF
 LOG = py_logging.getLogger(__name__)
@@ -74,6 +86,9 @@ STATES = ('running', 'paused', 'shutoff')
 DEFAULT_STATES = ('running', 'shutoff')
 SAMPLE_INTERVAL = 0.002
 QEMU_EXIT_PROBES = 3
+#: --writer: blocks written before the snapshot, and the writer's rate.
+WRITER_BLOCKS = 200
+WRITER_RATE = 100
 
 
 # Measuring
@@ -331,11 +346,14 @@ def installed_strategies():
     return found
 
 
-def make_instance(uuid):
+def make_instance(uuid, image_properties=None):
+    # Nova builds instance.image_meta from the image_* system metadata.
+    system_metadata = {'image_%s' % key: value
+                       for key, value in (image_properties or {}).items()}
     return objects.Instance(
         uuid=uuid, kernel_id='', ramdisk_id='',
         project_id='bench-project', user_id='bench-user', os_type=None,
-        image_ref='', numa_topology=None, system_metadata={},
+        image_ref='', numa_topology=None, system_metadata=system_metadata,
         pci_devices=objects.PciDeviceList(objects=[]),
         pci_requests=objects.InstancePCIRequests(requests=[]),
         info_cache=objects.InstanceInfoCache(
@@ -812,6 +830,394 @@ def chart(rows, path):
     return path
 
 
+# Writer mode (--writer)
+
+
+@contextlib.contextmanager
+def fs_freeze_spy():
+    """Record the guest filesystem freezes and thaws, whoever asks for them.
+
+    Both drivers freeze through ``virDomain.fsFreeze`` and thaw through
+    ``virDomain.fsThaw`` (Nova's ``Guest.freeze_filesystems`` and
+    ``thaw_filesystems``); the spies call the real methods and yield the
+    list of ``(call, filesystems, monotonic time of the return)``.
+    """
+    events = []
+    freeze = libvirt.virDomain.fsFreeze
+    thaw = libvirt.virDomain.fsThaw
+
+    def spy_freeze(dom, *args, **kwargs):
+        count = freeze(dom, *args, **kwargs)
+        events.append(('freeze', count, time.monotonic()))
+        return count
+
+    def spy_thaw(dom, *args, **kwargs):
+        count = thaw(dom, *args, **kwargs)
+        events.append(('thaw', count, time.monotonic()))
+        return count
+
+    libvirt.virDomain.fsFreeze = spy_freeze
+    libvirt.virDomain.fsThaw = spy_thaw
+    try:
+        yield events
+    finally:
+        libvirt.virDomain.fsFreeze = freeze
+        libvirt.virDomain.fsThaw = thaw
+
+
+def frozen_seconds(events):
+    """Seconds from each freeze's return to its thaw's; None if none."""
+    total = None
+    frozen_at = None
+    for call, _count, at in events:
+        if call == 'freeze':
+            frozen_at = at
+        elif frozen_at is not None:
+            total = (total or 0.0) + at - frozen_at
+            frozen_at = None
+    return total
+
+
+def _first_error(e):
+    """The exception a fixture's setUp failed with, not its wrapper."""
+    args = getattr(e, 'args', ())
+    if (args and isinstance(args[0], tuple) and len(args[0]) == 3 and
+            isinstance(args[0][1], BaseException)):
+        return args[0][1]
+    return e
+
+
+def build_writer_cases(names, stock=True):
+    """The live cases, then the cold ones (stock first), on a running
+    guest.
+    """
+    cases = []
+    if stock:
+        cases.append(Case('stock-live', 'running', stock_mode='live',
+                          live=True))
+        cases.append(Case('stock-cold', 'running', stock_mode='cold'))
+    found = installed_strategies()
+    for name in names:
+        cases.append(Case(name, 'running', strategy=name,
+                          live=found[name] == strategy_base.GUEST_LIVE))
+    return sorted(cases, key=lambda c: not c.live)
+
+
+class WriterBench(Bench):
+    """Snapshots of a running guest that writes to its disk."""
+
+    def disk_now(self, guest):
+        """(N, run id) of the guest's disk, read with the guest paused."""
+        guest.dom.suspend()
+        try:
+            return writer_guest.scan_image(guest.disk_path,
+                                           guest.disk_format,
+                                           force_share=True)
+        finally:
+            guest.dom.resume()
+
+    def run_once(self, case, rep):
+        rundir = tempfile.mkdtemp(prefix='snapdriver-bench-',
+                                  dir=self.parent)
+        os.chmod(rundir, 0o711)
+        snapdir = os.path.join(rundir, 'snapshots')
+        os.mkdir(snapdir, 0o711)
+        uploads = tempfile.mkdtemp(prefix='snapdriver-bench-up-',
+                                   dir=self.args.upload_dir)
+        guest = writer_guest.WriterGuest(rate=self.args.writer_rate)
+        booted = False
+        setup_started = time.monotonic()
+        result = {'label': case.label, 'state': case.state, 'rep': rep,
+                  'live': case.live, 'verified': False, 'error': None}
+        try:
+            guest.setUp()
+            booted = True
+            result.update(domain=guest.name,
+                          boot_seconds=guest.boot_seconds,
+                          virt_type=guest.virt_type,
+                          disk_mib=guest.disk_mib)
+            self.conf.config(virt_type=guest.virt_type,
+                             snapshots_directory=snapdir, group='libvirt')
+            self.conf.config(disable_libvirt_livesnapshot=(
+                case.stock_mode == 'cold'), group='workarounds')
+            if case.strategy is not None:
+                self.conf.config(strategies=[case.strategy],
+                                 group='snapdriver')
+            drv = self.make_driver(case)
+            drv._host.get_connection()
+            if case.strategy is not None:
+                drv._snapshot_registry = strategies.Registry.load()
+            images = TimedImageService(uploads)
+            drv._image_api = images
+            instance = make_instance(guest.uuid,
+                                     {'hw_qemu_guest_agent': 'yes'})
+            guest.wait_for_seq(self.args.writer_blocks, timeout=120)
+            self.prepare_cache()
+            sampler = Sampler(guest.uuid, guest.name, case.state, snapdir,
+                              guest.workdir)
+            sampler.start()
+            with recorded_runs() as our_runs, fs_freeze_spy() as freezes:
+                seq_before = guest.latest_seq()
+                t0 = time.monotonic()
+                try:
+                    drv.snapshot(self.context, instance, 'image-1',
+                                 lambda task_state, expected_state=None:
+                                 None)
+                finally:
+                    total = time.monotonic() - t0
+                    sampler.stop()
+            t1 = time.monotonic()
+            seq_after = guest.latest_seq()
+            # How far the writer got: its disk, right away (paused while
+            # it is read, after the measurement).
+            disk_n, disk_run = self.disk_now(guest)
+            disk_read_at = time.monotonic() - t1
+            # NOTE: a managed save restarts the console log (the serial
+            # file is reopened, truncated): then take the first report
+            # after the restore.
+            restarted = seq_after < seq_before
+            if restarted:
+                seq_after = guest.wait_for_seq(1, timeout=30)
+            fmt = images.metadata['image-1']['disk_format']
+            problems = []
+            image_n = image_run = None
+            try:
+                image_n, image_run = writer_guest.scan_image(
+                    images.uploads['image-1'], fmt)
+            except AssertionError as e:
+                problems.append('not a crash-consistent prefix: %s' % e)
+            if image_n is not None and image_n < seq_before:
+                problems.append('the image holds %d blocks, the writer had '
+                                'written %d before the snapshot began' % (
+                                    image_n, seq_before))
+            if image_run is not None and image_run != disk_run:
+                problems.append('the writer restarted (the guest rebooted?)')
+            final = real.RealDomain._STATES.get(guest.dom.state()[0], '?')
+            if final != case.state or not guest.dom.isPersistent():
+                problems.append('guest left %s (persistent=%s)' % (
+                    final, bool(guest.dom.isPersistent())))
+            record = our_runs[0] if our_runs else None
+            result.update({
+                'total_seconds': total,
+                'upload_seconds': images.upload_seconds,
+                'extract_seconds': total - images.upload_seconds,
+                'downtime_sampled': sampler.downtime,
+                'downtime_record': (record.guest.downtime
+                                    if record is not None else None),
+                'frozen_record': (record.quiesce.get('frozen_seconds')
+                                  if record is not None else None),
+                'frozen_libvirt': frozen_seconds(freezes),
+                'fs_calls': [list(e[:2]) for e in freezes],
+                'transient_seconds': sampler.transient,
+                'peak_extra_bytes': sampler.peak_extra,
+                'uploaded_bytes': images.uploaded_bytes,
+                'image_format': fmt,
+                'samples': sampler.samples,
+                'sample_interval': sampler.mean_interval,
+                'sample_errors': sampler.errors,
+                'states_seen': sorted(sampler.states),
+                'final_state': final,
+                'seq_before': seq_before,
+                'image_n': image_n,
+                'seq_after': seq_after,
+                'console_restarted': restarted,
+                'disk_n_after': disk_n,
+                'disk_read_after_seconds': disk_read_at,
+                'verified': not problems,
+                'verify_seconds': time.monotonic() - t1,
+                'setup_seconds': t0 - setup_started,
+            })
+            if problems:
+                result['error'] = '; '.join(problems)
+        except Exception as e:
+            e = _first_error(e)
+            name = type(e).__name__
+            if name == 'NoApplicableSnapshotStrategy':
+                result['not_applicable'] = str(e)
+            result['error'] = '%s: %s' % (name, e)
+            if not booted:
+                result['error'] = 'boot failed: ' + result['error']
+            LOG.exception('Run %s failed', case.key)
+        finally:
+            try:
+                guest.cleanUp()
+            except Exception:
+                LOG.exception('Cleanup of %s failed', guest.name)
+            shutil.rmtree(rundir, ignore_errors=True)
+            shutil.rmtree(uploads, ignore_errors=True)
+        return result
+
+    def run(self, cases):
+        self.conf.setUp()
+        try:
+            self.conf.config(connection_uri=real.LIBVIRT_URI,
+                             snapshot_image_format=self.args.image_format,
+                             group='libvirt')
+            self.exit_latency, probes = self.qemu_exit_latency()
+            self.log('QEMU exit as libvirt sees it (destroy of an idle '
+                     'domain): %.2f s (%s)', self.exit_latency,
+                     ', '.join('%.2f' % p for p in probes))
+            self.log('Building (or reusing) the writer guest...')
+            writer_guest.build_guest()
+            for rep in range(self.args.repeat):
+                for case in cases:
+                    if case.key in self.not_applicable:
+                        continue
+                    result = self.run_once(case, rep)
+                    self.runs.append(result)
+                    if result.get('not_applicable'):
+                        self.not_applicable[case.key] = (
+                            result['not_applicable'])
+                    self.log('writer rep %d %-22s %s', rep + 1, case.label,
+                             _writer_brief(result))
+        finally:
+            self.conf.cleanUp()
+
+
+def _writer_brief(r):
+    if r.get('error') and 'total_seconds' not in r:
+        return 'FAILED: %s' % r['error']
+    return ('%stotal %.2f s, down %.3f s, frozen %s s, transient %.3f s, '
+            'seq %d -> N %s -> seq %d%s' % (
+                'FAILED (%s): ' % r['error'] if r['error'] else '',
+                r['total_seconds'], r['downtime_sampled'],
+                _f(r['frozen_libvirt'], '%.3f'), r['transient_seconds'],
+                r['seq_before'], r['image_n'], r['seq_after'],
+                ' (console restarted)' if r['console_restarted'] else ''))
+
+
+WRITER_FIELDS = ('total_seconds', 'upload_seconds', 'downtime_sampled',
+                 'downtime_record', 'frozen_record', 'frozen_libvirt',
+                 'transient_seconds', 'peak_extra_bytes', 'seq_before',
+                 'image_n', 'seq_after', 'disk_n_after',
+                 'disk_read_after_seconds', 'boot_seconds',
+                 'sample_interval')
+
+
+def aggregate_writer(runs, cases):
+    """One row per case, medians over the verified runs."""
+    rows = []
+    for case in cases:
+        mine = [r for r in runs if r['label'] == case.label]
+        if not mine:
+            continue
+        ok = [r for r in mine if r['verified']]
+        row = {'label': case.label, 'state': case.state, 'live': case.live,
+               'stock': case.strategy is None, 'runs': len(mine),
+               'ok': len(ok),
+               'errors': sorted({r['error'] for r in mine if r['error']})}
+        if mine[0].get('not_applicable'):
+            row['not_applicable'] = mine[0]['not_applicable']
+        for field in WRITER_FIELDS:
+            row[field] = _median([r.get(field) for r in ok])
+        rows.append(row)
+    return rows
+
+
+def markdown_writer(rows):
+    lines = [
+        '| mode | ok/runs | total s | downtime s (sampled) | '
+        'downtime s (record) | frozen s (record) | frozen s (libvirt) | '
+        'transient s | seq at start | N in image | seq at end | '
+        'N on disk after | peak extra MiB |',
+        '|' + '---|' * 13,
+    ]
+    for r in rows:
+        if r.get('not_applicable'):
+            lines.append('| %s | n/a | %s |%s' % (
+                r['label'], r['not_applicable'].replace('|', '/'),
+                ' |' * 10))
+            continue
+        # Stock Nova keeps no run record.
+        rec = (lambda v, fmt='%.3f': 'n/a') if r['stock'] else _f
+        lines.append('| %s |' % ' | '.join([
+            r['label'], '%d/%d' % (r['ok'], r['runs']),
+            _f(r.get('total_seconds')),
+            _f(r.get('downtime_sampled'), '%.3f'),
+            rec(r.get('downtime_record'), '%.3f'),
+            rec(r.get('frozen_record'), '%.3f'),
+            _f(r.get('frozen_libvirt'), '%.3f'),
+            _f(r.get('transient_seconds'), '%.3f'),
+            _f(r.get('seq_before'), '%g'), _f(r.get('image_n'), '%g'),
+            _f(r.get('seq_after'), '%g'), _f(r.get('disk_n_after'), '%g'),
+            _mib(r.get('peak_extra_bytes'))]))
+    return '\n'.join(lines) + '\n'
+
+
+def _guest_build_info():
+    try:
+        with open(os.path.join(writer_guest.cache_dir(), 'build-info')) as f:
+            return dict(line.strip().split('=', 1) for line in f
+                        if '=' in line)
+    except OSError:
+        return None
+
+
+def writer_main(args, argv):
+    reason = writer_guest.guest_unavailable_reason()
+    if reason is not None:
+        print('cannot benchmark the writer guest: %s' % reason,
+              file=sys.stderr)
+        return 2
+    cases = build_writer_cases(args.strategy_list, stock=not args.no_stock)
+    bench = WriterBench(args, args.output_dir)
+    facts = host_facts()
+    started = time.time()
+    interrupted = False
+    try:
+        bench.run(cases)
+    except KeyboardInterrupt:
+        interrupted = True
+        print('interrupted; guests and files were removed, writing what '
+              'was measured', file=sys.stderr)
+    rows = aggregate_writer(bench.runs, cases)
+    facts['loadavg_end'] = os.getloadavg()
+    facts['guest'] = _guest_build_info()
+    facts['guest_virt_type'] = sorted({r['virt_type'] for r in bench.runs
+                                       if r.get('virt_type')})
+    result = {
+        'command': ' '.join(['python -m snapdriver.bench'] +
+                            list(sys.argv[1:] if argv is None else argv)),
+        'started': time.strftime('%Y-%m-%dT%H:%M:%SZ',
+                                 time.gmtime(started)),
+        'wall_seconds': time.time() - started,
+        'interrupted': interrupted,
+        'host': facts,
+        'settings': {
+            'mode': 'writer', 'repeat': args.repeat,
+            'strategies': args.strategy_list, 'stock': not args.no_stock,
+            'writer_blocks': args.writer_blocks,
+            'writer_rate': args.writer_rate,
+            'block_bytes': writer_guest.BLOCK_SIZE,
+            'image_properties': {'hw_qemu_guest_agent': 'yes'},
+            'image_format': args.image_format,
+            'cache': 'cold' if bench.cache_cold else 'warm',
+            'upload_dir': args.upload_dir,
+            'sample_interval': SAMPLE_INTERVAL,
+        },
+        'qemu_exit_seconds': bench.exit_latency,
+        'rows': rows,
+        'runs': bench.runs,
+    }
+    with open(os.path.join(args.output_dir, 'writer-results.json'),
+              'w') as f:
+        json.dump(result, f, indent=1, sort_keys=True)
+    table = markdown_writer(rows)
+    with open(os.path.join(args.output_dir, 'writer-results.md'), 'w') as f:
+        f.write(table)
+    print(table)
+    print('Downtime (sampled): time the domain was not running, sampled '
+          'every ~%d ms; frozen (record): snapdriver\'s frozen_seconds; '
+          'frozen (libvirt): from the return of virDomainFSFreeze to the '
+          'return of virDomainFSThaw, whoever called them; seq: the '
+          'writer\'s progress on the console; N: blocks in the image and '
+          'on the disk after the snapshot. A QEMU exit waits %s s here.'
+          % (SAMPLE_INTERVAL * 1000, _f(result['qemu_exit_seconds'])))
+    failed = [r for r in bench.runs
+              if r['error'] and not r.get('not_applicable')]
+    return 1 if failed or interrupted else 0
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog='python -m snapdriver.bench',
@@ -844,6 +1250,20 @@ def parse_args(argv):
              'of the image, not the writes of a store on the same disk)')
     parser.add_argument('--output-dir', default='bench-results')
     parser.add_argument('--no-chart', action='store_true')
+    writer = parser.add_argument_group(
+        'writer mode', 'snapshots of a real Linux guest that writes while '
+        'it is snapshotted (--sizes, --fill, --states and the chart do not '
+        'apply); writes writer-results.json and writer-results.md')
+    writer.add_argument('--writer', action='store_true',
+                        help='benchmark the running writer guest instead '
+                             'of the throwaway disks')
+    writer.add_argument('--writer-blocks', type=int, default=WRITER_BLOCKS,
+                        help='blocks (4 KiB) the writer must have written '
+                             'before the snapshot begins (default '
+                             '%(default)s)')
+    writer.add_argument('--writer-rate', type=int, default=WRITER_RATE,
+                        help='blocks per second the writer writes '
+                             '(default %(default)s)')
     args = parser.parse_args(argv)
     args.size_list = [float(s) for s in args.sizes.split(',') if s.strip()]
     args.state_list = [s.strip() for s in args.states.split(',')
@@ -855,6 +1275,8 @@ def parse_args(argv):
         parser.error('--fill must be in (0, 0.5]')
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
+    if args.writer_blocks < 1 or args.writer_rate < 1:
+        parser.error('--writer-blocks and --writer-rate must be positive')
     installed = installed_strategies()
     if args.strategies:
         args.strategy_list = [s.strip() for s in args.strategies.split(',')
@@ -893,6 +1315,9 @@ def main(argv=None):
         level=py_logging.INFO,
         format='%(asctime)s %(levelname)s %(name)s %(message)s')
     signal.signal(signal.SIGTERM, _interrupt)
+
+    if args.writer:
+        return writer_main(args, argv)
 
     cases = build_cases(args.strategy_list, args.state_list)
     if args.no_stock:

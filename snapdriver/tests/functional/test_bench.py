@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""A smoke test of ``python -m snapdriver.bench`` on a tiny disk.
+"""Smoke tests of ``python -m snapdriver.bench``: on a tiny disk, and one
+live snapshot of the writer guest (``--writer``).
 
 The benchmark runs in its own process (it sets Nova's global options and
 signal handlers); only the shape of its JSON and the content checks are
@@ -28,6 +29,7 @@ from oslotest import base
 
 from snapdriver import bench
 from snapdriver.tests.functional import fixtures as real
+from snapdriver.tests.functional import writer_guest
 
 
 class BenchSmokeTestCase(base.BaseTestCase):
@@ -81,3 +83,44 @@ class BenchSmokeTestCase(base.BaseTestCase):
             self.assertIn('| stock-live | running |', f.read())
         # Every throwaway domain is gone.
         self.assertEqual(before, self._domains())
+
+    def test_writer_mode_one_live_run(self):
+        reason = writer_guest.guest_unavailable_reason()
+        if reason is not None:
+            self.skipTest(reason)
+        if 'live-backup' not in bench.installed_strategies():
+            self.skipTest('live-backup is not installed')
+        cmd = [sys.executable, '-m', 'snapdriver.bench', '--writer',
+               '--strategies', 'live-backup', '--no-stock', '--repeat', '1',
+               '--writer-blocks', '20', '--output-dir', self.out]
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=600)
+        self.assertEqual(0, proc.returncode, proc.stderr[-4000:])
+
+        with open(os.path.join(self.out, 'writer-results.json')) as f:
+            result = json.load(f)
+        self.assertEqual('writer', result['settings']['mode'])
+        [run] = result['runs']
+        self.assertEqual('live-backup', run['label'])
+        self.assertTrue(run['verified'], run)
+        # A crash-consistent prefix holding every write reported before
+        # the snapshot began; the writer went on after it.
+        self.assertGreaterEqual(run['seq_before'], 20)
+        self.assertGreaterEqual(run['image_n'], run['seq_before'])
+        self.assertGreater(run['disk_n_after'], run['image_n'])
+        self.assertEqual(['running'], run['states_seen'])
+        self.assertIsNotNone(run['frozen_record'])
+        self.assertEqual(['freeze', 'thaw'],
+                         [call for call, _count in run['fs_calls']])
+        [row] = result['rows']
+        self.assertEqual((1, 1), (row['ok'], row['runs']))
+        with open(os.path.join(self.out, 'writer-results.md')) as f:
+            self.assertIn('| live-backup | 1/1 |', f.read())
+        # The guest is gone (other tests may run guests meanwhile).
+        self.assertTrue(run['domain'].startswith(writer_guest.DOMAIN_PREFIX))
+        conn = libvirt.open(real.LIBVIRT_URI)
+        try:
+            self.assertNotIn(run['domain'],
+                             {d.name() for d in conn.listAllDomains(0)})
+        finally:
+            conn.close()
