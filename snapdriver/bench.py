@@ -486,14 +486,28 @@ class Bench(object):
 
     # One run
 
-    def make_driver(self, case):
+    def make_driver(self, case, snapdir, uploads):
+        """Configure and build the driver of ``case``, ready to time.
+
+        :returns: ``(driver, image service)``.
+        """
+        self.conf.config(snapshots_directory=snapdir, group='libvirt')
+        self.conf.config(disable_libvirt_livesnapshot=(
+            case.stock_mode == 'cold'), group='workarounds')
         if case.strategy is None:
             drv = libvirt_driver.LibvirtDriver(fake_virt.FakeVirtAPI(),
                                                False)
         else:
+            self.conf.config(strategies=[case.strategy], group='snapdriver')
             drv = snap_driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(),
                                                     False)
-        return drv
+        # NOTE: nova-compute opens its libvirt connection and loads the
+        # strategies once, at start; keep both out of the timing.
+        drv._host.get_connection()
+        if case.strategy is not None:
+            drv._snapshot_registry = strategies.Registry.load()
+        drv._image_api = TimedImageService(uploads)
+        return drv, drv._image_api
 
     def run_once(self, case, size_gib, master, rep):
         rundir = tempfile.mkdtemp(prefix='snapdriver-bench-',
@@ -517,20 +531,7 @@ class Bench(object):
                 images=disk, uuid=uuid, name='snapdriver-bench-%s' % uuid,
                 start_state=case.state)
             domain.setUp()
-            self.conf.config(snapshots_directory=snapdir, group='libvirt')
-            self.conf.config(disable_libvirt_livesnapshot=(
-                case.stock_mode == 'cold'), group='workarounds')
-            if case.strategy is not None:
-                self.conf.config(strategies=[case.strategy],
-                                 group='snapdriver')
-            drv = self.make_driver(case)
-            # NOTE: nova-compute opens its libvirt connection and loads the
-            # strategies once, at start; keep both out of the timing.
-            drv._host.get_connection()
-            if case.strategy is not None:
-                drv._snapshot_registry = strategies.Registry.load()
-            images = TimedImageService(uploads)
-            drv._image_api = images
+            drv, images = self.make_driver(case, snapdir, uploads)
             instance = make_instance(domain.uuid)
             self.prepare_cache()
             sampler = Sampler(domain.uuid, domain.name, case.state, snapdir,
@@ -833,38 +834,6 @@ def chart(rows, path):
 # Writer mode (--writer)
 
 
-@contextlib.contextmanager
-def fs_freeze_spy():
-    """Record the guest filesystem freezes and thaws, whoever asks for them.
-
-    Both drivers freeze through ``virDomain.fsFreeze`` and thaw through
-    ``virDomain.fsThaw`` (Nova's ``Guest.freeze_filesystems`` and
-    ``thaw_filesystems``); the spies call the real methods and yield the
-    list of ``(call, filesystems, monotonic time of the return)``.
-    """
-    events = []
-    freeze = libvirt.virDomain.fsFreeze
-    thaw = libvirt.virDomain.fsThaw
-
-    def spy_freeze(dom, *args, **kwargs):
-        count = freeze(dom, *args, **kwargs)
-        events.append(('freeze', count, time.monotonic()))
-        return count
-
-    def spy_thaw(dom, *args, **kwargs):
-        count = thaw(dom, *args, **kwargs)
-        events.append(('thaw', count, time.monotonic()))
-        return count
-
-    libvirt.virDomain.fsFreeze = spy_freeze
-    libvirt.virDomain.fsThaw = spy_thaw
-    try:
-        yield events
-    finally:
-        libvirt.virDomain.fsFreeze = freeze
-        libvirt.virDomain.fsThaw = thaw
-
-
 def frozen_seconds(events):
     """Seconds from each freeze's return to its thaw's; None if none."""
     total = None
@@ -936,19 +905,8 @@ class WriterBench(Bench):
                           boot_seconds=guest.boot_seconds,
                           virt_type=guest.virt_type,
                           disk_mib=guest.disk_mib)
-            self.conf.config(virt_type=guest.virt_type,
-                             snapshots_directory=snapdir, group='libvirt')
-            self.conf.config(disable_libvirt_livesnapshot=(
-                case.stock_mode == 'cold'), group='workarounds')
-            if case.strategy is not None:
-                self.conf.config(strategies=[case.strategy],
-                                 group='snapdriver')
-            drv = self.make_driver(case)
-            drv._host.get_connection()
-            if case.strategy is not None:
-                drv._snapshot_registry = strategies.Registry.load()
-            images = TimedImageService(uploads)
-            drv._image_api = images
+            self.conf.config(virt_type=guest.virt_type, group='libvirt')
+            drv, images = self.make_driver(case, snapdir, uploads)
             instance = make_instance(guest.uuid,
                                      {'hw_qemu_guest_agent': 'yes'})
             guest.wait_for_seq(self.args.writer_blocks, timeout=120)
@@ -956,7 +914,8 @@ class WriterBench(Bench):
             sampler = Sampler(guest.uuid, guest.name, case.state, snapdir,
                               guest.workdir)
             sampler.start()
-            with recorded_runs() as our_runs, fs_freeze_spy() as freezes:
+            with recorded_runs() as our_runs, \
+                    writer_guest.fs_freeze_spy() as freezes:
                 seq_before = guest.latest_seq()
                 t0 = time.monotonic()
                 try:

@@ -126,24 +126,9 @@ class ConsistencyTestCase(base.DriverTestCase):
 
         :returns: the list of ``(call, count, monotonic time)``.
         """
-        events = []
-        freeze = libvirt.virDomain.fsFreeze
-        thaw = libvirt.virDomain.fsThaw
-
-        def spy_freeze(dom, *args, **kwargs):
-            count = freeze(dom, *args, **kwargs)
-            events.append(('freeze', count, time.monotonic()))
-            return count
-
-        def spy_thaw(dom, *args, **kwargs):
-            count = thaw(dom, *args, **kwargs)
-            events.append(('thaw', count, time.monotonic()))
-            return count
-
-        self.useFixture(fixtures.MonkeyPatch(
-            'libvirt.virDomain.fsFreeze', spy_freeze))
-        self.useFixture(fixtures.MonkeyPatch(
-            'libvirt.virDomain.fsThaw', spy_thaw))
+        spy = writer_guest.fs_freeze_spy()
+        events = spy.__enter__()
+        self.addCleanup(spy.__exit__, None, None, None)
         return events
 
     def spy_runs(self):

@@ -34,6 +34,7 @@ Typical use::
     n = writer_guest.verify_prefix(image_path, 'qcow2')
 """
 
+import contextlib
 import json
 import os
 import re
@@ -638,3 +639,39 @@ class WriterGuest(fixtures.Fixture):
     def fs_frozen_status(self):
         """'frozen' or 'thawed' (guest-fsfreeze-status)."""
         return self.agent_command('guest-fsfreeze-status')
+
+
+@contextlib.contextmanager
+def fs_freeze_spy():
+    """Record the guest filesystem freezes and thaws, whoever asks for them.
+
+    Both drivers freeze through ``virDomain.fsFreeze`` and thaw through
+    ``virDomain.fsThaw`` (Nova's ``Guest.freeze_filesystems`` and
+    ``thaw_filesystems``); the spies call the real methods and yield the
+    list of ``(call, filesystems, monotonic time of the return)``.
+    """
+    # NOTE: imported here, like elsewhere in this module, so that
+    # guest_unavailable_reason() can report a missing libvirt-python.
+    import libvirt
+
+    events = []
+    freeze = libvirt.virDomain.fsFreeze
+    thaw = libvirt.virDomain.fsThaw
+
+    def spy_freeze(dom, *args, **kwargs):
+        count = freeze(dom, *args, **kwargs)
+        events.append(('freeze', count, time.monotonic()))
+        return count
+
+    def spy_thaw(dom, *args, **kwargs):
+        count = thaw(dom, *args, **kwargs)
+        events.append(('thaw', count, time.monotonic()))
+        return count
+
+    libvirt.virDomain.fsFreeze = spy_freeze
+    libvirt.virDomain.fsThaw = spy_thaw
+    try:
+        yield events
+    finally:
+        libvirt.virDomain.fsFreeze = freeze
+        libvirt.virDomain.fsThaw = thaw
