@@ -219,6 +219,12 @@ def build_guest(force=False):
     return _build_result
 
 
+def _fill_random(path, size, chunk=4 * 1024 * 1024):
+    with open(path, 'r+b') as f:
+        for _ in range(size // chunk):
+            f.write(os.urandom(chunk))
+
+
 def _run(cmd, timeout=600):
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -370,6 +376,11 @@ class WriterGuest(fixtures.Fixture):
     * ``console_log_path``: the serial console log
     * ``boot_seconds``: from start to the writer's first report
 
+    ``scatter=True`` makes the writer rewrite blocks at scattered offsets
+    forever (``writer -x``; ``verify_prefix`` does not apply then), and
+    ``base_fill=True`` fills the raw base with random data first, so that
+    those writes overwrite allocated data all over the disk.
+
     ``rate`` is the writer's blocks (4 KiB) per second; with the default
     64 MiB disk and 100/s it fills in ~160 s and then stops (it never
     wraps).  Cleanup destroys the domain, removes its managed save and
@@ -379,7 +390,8 @@ class WriterGuest(fixtures.Fixture):
     def __init__(self, disk_mib=64, rate=100, disk_format='qcow2',
                  fs_disk=True, fs_rate=20, memory_mib=256, vcpus=1,
                  boot_timeout=None, virt_type=None, wait_agent=True,
-                 extra_cmdline='', uri=LIBVIRT_URI):
+                 extra_cmdline='', uri=LIBVIRT_URI, scatter=False,
+                 base_fill=False):
         super().__init__()
         if disk_format not in ('qcow2', 'raw'):
             raise ValueError('disk_format must be qcow2 or raw')
@@ -395,6 +407,8 @@ class WriterGuest(fixtures.Fixture):
         self.wait_agent = wait_agent
         self.extra_cmdline = extra_cmdline
         self.uri = uri
+        self.scatter = scatter
+        self.base_fill = base_fill
         self.conn = self.dom = None
 
     # -- setup / cleanup ---------------------------------------------------
@@ -426,6 +440,8 @@ class WriterGuest(fixtures.Fixture):
             self.disk_path = os.path.join(self.workdir, 'data.qcow2')
             _run(['qemu-img', 'create', '-q', '-f', 'raw', self.base_path,
                   '%dM' % self.disk_mib])
+            if self.base_fill:
+                _fill_random(self.base_path, self.disk_mib * 1024 * 1024)
             _run(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw',
                   '-b', self.base_path, self.disk_path])
         else:
@@ -490,6 +506,8 @@ class WriterGuest(fixtures.Fixture):
                 'snapguest.fs_rate=%d' % self.fs_rate,
                 'snapguest.fs_dev=%s' % ('/dev/vdb' if self.fs_disk
                                          else '')]
+        if self.scatter:
+            args.append('snapguest.scatter=1')
         if self.virt_type == 'qemu':
             args.append('mitigations=off')
         if self.extra_cmdline:

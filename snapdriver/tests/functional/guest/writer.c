@@ -37,8 +37,13 @@
  * last completed block, so the on-disk N is never below a printed N; once
  * full, "LABEL seq=N full" every 5 intervals.
  *
+ * With -x (scatter) write i goes to block mix(i + 1, run id) mod BLOCKS
+ * instead of block i, and never stops: a load that rewrites allocated data
+ * all over the device, ahead of and behind any front-to-back copy.  The
+ * i-th write still holds sequence number i + 1.
+ *
  * Usage: writer [-r BLOCKS_PER_S] [-l LABEL] [-s MAX_BYTES] [-i MS] [-w]
- *               PATH
+ *               [-x] PATH
  *   -r  rate limit in blocks per second (0: unlimited; default 2000)
  *   -l  label of progress lines (default "writer")
  *   -s  size limit in bytes (needed for regular files; for block devices
@@ -46,6 +51,7 @@
  *   -i  progress interval in milliseconds (default 500)
  *   -w  wrap around when full instead of stopping: only for a load that is
  *       not verified as a prefix (the freezable filesystem's writer)
+ *   -x  scattered offsets (see above); implies -w
  */
 
 #define _GNU_SOURCE
@@ -157,7 +163,7 @@ static uint64_t make_run_id(void)
 static void usage(const char *prog)
 {
     fprintf(stderr, "usage: %s [-r BLOCKS_PER_S] [-l LABEL] [-s MAX_BYTES] "
-            "[-i MS] [-w] PATH\n", prog);
+            "[-i MS] [-w] [-x] PATH\n", prog);
     exit(2);
 }
 
@@ -166,19 +172,20 @@ int main(int argc, char **argv)
     double rate = 2000, interval = 0.5;
     const char *label = "writer", *path;
     unsigned long long limit = 0;
-    int wrap = 0, opt, fd, direct = 1;
+    int wrap = 0, scatter = 0, opt, fd, direct = 1;
     unsigned char *buf;
-    uint64_t run_id, nblocks, seq = 0;
+    uint64_t run_id, nblocks, block, seq = 0;
     struct stat st;
     double start, next_report;
 
-    while ((opt = getopt(argc, argv, "r:l:s:i:w")) != -1) {
+    while ((opt = getopt(argc, argv, "r:l:s:i:wx")) != -1) {
         switch (opt) {
         case 'r': rate = strtod(optarg, NULL); break;
         case 'l': label = optarg; break;
         case 's': limit = strtoull(optarg, NULL, 0); break;
         case 'i': interval = strtod(optarg, NULL) / 1000.0; break;
         case 'w': wrap = 1; break;
+        case 'x': scatter = wrap = 1; break;
         default: usage(argv[0]);
         }
     }
@@ -214,8 +221,8 @@ int main(int argc, char **argv)
     }
     run_id = make_run_id();
     printf("%s start run=%016" PRIx64 " path=%s blocks=%" PRIu64
-           " rate=%g direct=%d\n", label, run_id, path, nblocks, rate,
-           direct);
+           " rate=%g direct=%d scatter=%d\n", label, run_id, path, nblocks,
+           rate, direct, scatter);
 
     start = now();
     next_report = start + interval;
@@ -245,8 +252,8 @@ int main(int argc, char **argv)
             }
         }
         fill_block(buf, seq + 1, run_id);
-        if (pwrite(fd, buf, WBLOCK,
-                   (off_t)((seq % nblocks) * WBLOCK)) != WBLOCK ||
+        block = scatter ? mix64((seq + 1) ^ run_id) % nblocks : seq % nblocks;
+        if (pwrite(fd, buf, WBLOCK, (off_t)(block * WBLOCK)) != WBLOCK ||
             (!direct && fdatasync(fd) != 0)) {
             printf("%s error: write seq=%" PRIu64 ": %s\n", label, seq + 1,
                    strerror(errno));
