@@ -73,6 +73,12 @@ class BlockJobFailed(SnapdriverException):
                 "retry.")
 
 
+class GuestPausedDuringSnapshot(SnapdriverException):
+    msg_fmt = _("The %(job)s job of disk %(disk)s did not give a usable "
+                "snapshot (%(reason)s): the guest was paused by an I/O error "
+                "during the job, and %(outcome)s. No image was kept.")
+
+
 class InsufficientSnapshotSpace(SnapdriverException):
     msg_fmt = _("Not enough free space in %(path)s for this snapshot: it "
                 "needs %(needed_mb)d MiB plus the [snapdriver] "

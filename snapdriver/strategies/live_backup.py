@@ -18,6 +18,15 @@ into a qcow2 file: the data is read once (the stock live snapshot reads it
 twice, mirror then flatten), no overlay is needed and the domain definition
 is never changed, so the domain stays persistent. Guest writes during the
 job are held back by QEMU's copy-before-write filter, not by the guest.
+
+That filter makes the guest's writes depend on the target: libvirt (9.0
+at least) starts the job without an ``on-cbw-error`` choice, so QEMU uses
+``break-guest-write`` and a failed copy into the target fails the guest's
+write, which QEMU's default error policy turns into a pause on ENOSPC. The
+target's blocks are therefore reserved before the job starts
+(:mod:`snapdriver.space`), and a guest that was paused by an I/O error
+during the job anyway (an EIO from the work directory's storage) is
+resumed once the job is gone, its held write then reaching the disk.
 """
 
 import datetime
@@ -26,6 +35,7 @@ import time
 from xml.etree import ElementTree
 
 import libvirt
+from nova.compute import power_state
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import fileutils
@@ -34,6 +44,7 @@ from snapdriver import conf
 from snapdriver import exception
 from snapdriver import guest_state
 from snapdriver import qemu_img
+from snapdriver import space
 from snapdriver.strategies import base
 from snapdriver.strategies import checks
 from snapdriver.strategies import live_shallow_rebase
@@ -283,6 +294,45 @@ def wait_done(request, dom, run):
                                         ': %s' % errmsg if errmsg else ''))
 
 
+def resume_if_io_paused(dom, request):
+    """Resume a guest that the job's I/O errors paused; say what happened.
+
+    Only a guest that was running when the snapshot began and is now
+    paused with reason ``VIR_DOMAIN_PAUSED_IOERROR`` is resumed: QEMU
+    retries the held write then, straight to the disk once the job's
+    copy-before-write filter is gone. A guest that was paused before keeps
+    its state.
+
+    :returns: ``None`` when the guest was not paused by an I/O error, else
+        a sentence for the error message.
+    """
+    if request.power_state != power_state.RUNNING:
+        return None
+    try:
+        state, reason = dom.state()
+    except libvirt.libvirtError:
+        return None
+    if (state != libvirt.VIR_DOMAIN_PAUSED or
+            reason != libvirt.VIR_DOMAIN_PAUSED_IOERROR):
+        return None
+    try:
+        dom.resume()
+    except libvirt.libvirtError as e:
+        LOG.error('Guest %(name)s was paused by an I/O error during the '
+                  'backup job and could not be resumed: %(err)s',
+                  {'name': request.name, 'err': e},
+                  instance=request.instance)
+        return ('is still paused (resume failed: %s); check the storage of '
+                'its disk and of [libvirt] snapshots_directory, then resume '
+                'it with "virsh resume %s"' % (e, request.name))
+    LOG.warning('Guest %(name)s was paused by an I/O error during the '
+                'backup job (a write into the snapshot target failed); it '
+                'has been resumed', {'name': request.name},
+                instance=request.instance)
+    return ('was resumed; check the storage of [libvirt] '
+            'snapshots_directory')
+
+
 def _utc(timestamp):
     return datetime.datetime.fromtimestamp(
         timestamp, datetime.timezone.utc).isoformat()
@@ -305,15 +355,24 @@ class LiveBackup(base.SnapshotStrategy):
         reason = unsupported_versions(request.guest._domain)
         if reason is not None:
             return reason
+        reason = space.unsupported_reason(request.snapshots_directory)
+        if reason is not None:
+            # NOTE: without a reservation a filesystem that fills up during
+            # the job would pause the guest (see the module docstring);
+            # live-shallow-rebase's mirror only fails its own job.
+            return reason
         return checks.live_quiesce(request)
 
     def _direct(self, request):
         """True when the backup target can be the output itself."""
         return request.image_format == 'qcow2' and not request.compress
 
+    def _target_reservation(self, request):
+        return space.reservation_for(qemu_img.measure(
+            request.disk_path, request.source_format, 'qcow2'))
+
     def space_needed(self, request):
-        backup = qemu_img.measure(request.disk_path, request.source_format,
-                                  'qcow2')
+        backup = self._target_reservation(request)
         if self._direct(request):
             return backup
         # The qcow2 backup and the converted output exist together until
@@ -363,6 +422,8 @@ class LiveBackup(base.SnapshotStrategy):
         # unreadable to a nova-compute that does not run as root. A file
         # of ours is lent to QEMU for the job and given back to us.
         qemu_img.create(target, 'qcow2', request.virtual_size)
+        space.reserve(target, self._target_reservation(request),
+                      instance=request.instance)
         xml = backup_xml(request.disk_dev, target,
                          disk_targets(request.guest.get_xml_desc()))
         try:
@@ -384,7 +445,7 @@ class LiveBackup(base.SnapshotStrategy):
                                              'when': _utc(run.point_in_time)},
                      instance=request.instance)
             wait_done(request, dom, run)
-        except Exception:
+        except Exception as e:
             with excutils.save_and_reraise_exception():
                 # Every failure path ends the job: a timeout, a failed
                 # poll, a failed thaw, or a backupBegin that failed after
@@ -394,3 +455,16 @@ class LiveBackup(base.SnapshotStrategy):
                     LOG.warning('Aborted the backup job of %(disk)s',
                                 {'disk': request.disk_path},
                                 instance=request.instance)
+                outcome = resume_if_io_paused(dom, request)
+                if outcome is not None:
+                    # NOTE: replaces the job's error, which would say the
+                    # guest was not changed (excutils logs the original).
+                    raise exception.GuestPausedDuringSnapshot(
+                        job='backup', disk=request.disk_path, reason=e,
+                        outcome=outcome)
+        else:
+            # NOTE: a copy-before-write failure can also hit a job that
+            # completes: the guest's write failed before its old data was
+            # overwritten, so the image is good. Keep it; resume the guest
+            # (logged as a warning).
+            resume_if_io_paused(dom, request)

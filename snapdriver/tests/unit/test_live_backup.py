@@ -15,14 +15,17 @@
 from unittest import mock
 from xml.etree import ElementTree
 
+import fixtures
 import libvirt
 from nova.compute import power_state
 from oslo_config import fixture as config_fixture
+from oslo_utils import units
 from oslotest import base
 
 from snapdriver import conf
 from snapdriver import exception
 from snapdriver import runner
+from snapdriver import space
 from snapdriver.strategies import live_backup
 from snapdriver.tests.unit import fakes
 
@@ -71,12 +74,23 @@ class FakeDomain(object):
         self.aborted = 0
         self.begun = []
         self.active = True
+        self.dom_state = (libvirt.VIR_DOMAIN_RUNNING,
+                          libvirt.VIR_DOMAIN_RUNNING_BOOTED)
+        self.resumed = 0
         self.conn = mock.Mock()
         self.conn.getLibVersion.return_value = lib_version
         self.conn.getVersion.return_value = qemu_version
 
     def connect(self):
         return self.conn
+
+    def state(self):
+        return list(self.dom_state)
+
+    def resume(self):
+        self.resumed += 1
+        self.dom_state = (libvirt.VIR_DOMAIN_RUNNING,
+                          libvirt.VIR_DOMAIN_RUNNING_UNPAUSED)
 
     def isActive(self):
         return self.active
@@ -117,6 +131,16 @@ class RulesTestCase(base.BaseTestCase):
         super().setUp()
         self.conf = self.useFixture(config_fixture.Config(CONF))
         self.strategy = live_backup.LiveBackup()
+        self.space_reason = self.useFixture(fixtures.MockPatch(
+            'snapdriver.space.unsupported_reason',
+            return_value=None)).mock
+
+    def test_work_dir_that_cannot_reserve_space_is_refused(self):
+        # Without a reservation a full work filesystem would pause the
+        # guest; the next strategy (a mirror) only fails its own job.
+        self.space_reason.return_value = 'cannot reserve space'
+        self.assertEqual('cannot reserve space', self.reason(_request()))
+        self.space_reason.assert_called_once_with(SNAPDIR)
 
     def reason(self, request):
         return self.strategy.unsupported_reason(request)
@@ -238,6 +262,10 @@ class JobTestCase(base.BaseTestCase):
         self.conf.config(block_job_poll_interval=0.01, group='snapdriver')
         self.strategy = live_backup.LiveBackup()
         self.progress = []
+        self.reserve = self.useFixture(fixtures.MockPatch(
+            'snapdriver.space.reserve')).mock
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.measure', return_value=10 * units.Mi))
 
     def run_of(self, request):
         return runner.SnapshotRun(
@@ -354,8 +382,85 @@ class JobTestCase(base.BaseTestCase):
     def test_space_needed(self, measure):
         measure.side_effect = lambda src, fmt, out: {'qcow2': 10,
                                                      'raw': 100}[out]
-        self.assertEqual(10, self.strategy.space_needed(_request()))
-        self.assertEqual(110, self.strategy.space_needed(
+        # The backup target's reservation, plus the converted output.
+        target = space.reservation_for(10)
+        self.assertEqual(target, self.strategy.space_needed(_request()))
+        self.assertEqual(target + 100, self.strategy.space_needed(
             _request(image_format='raw')))
-        self.assertEqual(20, self.strategy.space_needed(
+        self.assertEqual(target + 10, self.strategy.space_needed(
             _request(compress=True)))
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_target_space_reserved_before_the_job(self, create):
+        dom = FakeDomain([NO_JOB], done=dict(DONE))
+        request = _request(dom)
+        self.reserve.side_effect = lambda *a, **k: self.assertEqual(
+            [], dom.begun, 'reserved after the job began')
+        self.strategy.capture(request, OUR_TARGET, self.run_of(request))
+        self.reserve.assert_called_once_with(
+            OUR_TARGET, space.reservation_for(10 * units.Mi), instance=None)
+        self.assertEqual(1, len(dom.begun))
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_reservation_failure_never_begins_the_job(self, create):
+        dom = FakeDomain([NO_JOB], done=dict(DONE))
+        request = _request(dom)
+        self.reserve.side_effect = exception.InsufficientSnapshotSpace(
+            path=SNAPDIR, needed_mb=10, margin_mb=0, free_mb=1)
+        self.assertRaises(exception.InsufficientSnapshotSpace,
+                          self.strategy.capture, request, OUR_TARGET,
+                          self.run_of(request))
+        self.assertEqual([], dom.begun)
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_guest_paused_by_io_error_is_resumed_and_said(self, create):
+        dom = FakeDomain([RUNNING, NO_JOB], done=dict(
+            CANCELLED, type=libvirt.VIR_DOMAIN_JOB_FAILED,
+            errmsg='No space left on device'))
+        dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
+                         libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+        request = _request(dom)
+        ex = self.assertRaises(exception.GuestPausedDuringSnapshot,
+                               self.strategy.capture, request, OUR_TARGET,
+                               self.run_of(request))
+        self.assertEqual(1, dom.resumed)
+        self.assertIn('No space left on device', str(ex))
+        self.assertIn('was resumed', str(ex))
+        self.assertNotIn('not changed', str(ex).split(')')[-1])
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_guest_paused_before_the_snapshot_stays_paused(self, create):
+        dom = FakeDomain([NO_JOB], done=dict(DONE))
+        dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
+                         libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+        request = _request(dom, power_state=power_state.PAUSED)
+        self.strategy.capture(request, OUR_TARGET, self.run_of(request))
+        self.assertEqual(0, dom.resumed)
+
+    @mock.patch.object(live_backup.qemu_img, 'create')
+    def test_io_paused_guest_of_a_good_job_is_resumed(self, create):
+        # The guest's failed write never reached the disk: the image is
+        # good and kept; the guest is resumed.
+        dom = FakeDomain([NO_JOB], done=dict(DONE))
+        dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
+                         libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+        request = _request(dom)
+        self.strategy.capture(request, OUR_TARGET, self.run_of(request))
+        self.assertEqual(1, dom.resumed)
+
+    def test_resume_failure_says_the_guest_is_still_paused(self):
+        dom = FakeDomain()
+        dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
+                         libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+        with mock.patch.object(dom, 'resume', side_effect=_libvirt_error(
+                libvirt.VIR_ERR_OPERATION_FAILED)):
+            outcome = live_backup.resume_if_io_paused(dom, _request(dom))
+        self.assertIn('still paused', outcome)
+        self.assertIn('virsh resume instance-00000001', outcome)
+
+    def test_guest_paused_by_the_user_is_not_resumed(self):
+        dom = FakeDomain()
+        dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
+                         libvirt.VIR_DOMAIN_PAUSED_USER)
+        self.assertIsNone(live_backup.resume_if_io_paused(dom, _request(dom)))
+        self.assertEqual(0, dom.resumed)

@@ -1,0 +1,142 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Reserve disk space for a file before QEMU writes it.
+
+A push-mode backup job couples the guest's writes to its target: QEMU's
+copy-before-write filter copies the old data of every block the guest
+overwrites into the target *before* the guest's write proceeds, and (as
+libvirt 9.0 starts the job, with no ``on-cbw-error`` choice) a failed copy
+fails the guest's write. A full filesystem under the target then pauses
+the guest with an I/O error (QEMU's default ``werror=enospc``), where a
+mirror would only fail its own job.
+
+So the blocks the target will need are allocated before the job starts,
+past the end of the (still small) file: ``fallocate --keep-size``, the
+call Nova itself uses for ``[DEFAULT] preallocate_images = space``. QEMU
+appends the target's clusters into those blocks, so a filesystem that
+fills up during the job cannot fail QEMU's writes, and a second snapshot
+that no longer fits fails *before* its job starts.
+"""
+
+import os
+import threading
+
+from oslo_concurrency import processutils
+from oslo_log import log as logging
+from oslo_utils import units
+
+from snapdriver import conf
+from snapdriver import exception
+
+LOG = logging.getLogger(__name__)
+CONF = conf.CONF
+
+#: Extra room on top of ``qemu-img measure``: the copy-before-write filter
+#: copies whole 64 KiB clusters, and QEMU may allocate qcow2 metadata in
+#: another order than a convert does.
+SLACK_BYTES = 16 * units.Mi
+SLACK_FRACTION = 0.02
+
+# NOTE: one reservation at a time in this process, so that the free space
+# each one checks already counts the others (fallocate takes the blocks at
+# once). Another process reserving at the same instant can only make our
+# fallocate fail with ENOSPC, which fails the snapshot before its job.
+_LOCK = threading.Lock()
+_SUPPORT = {}
+
+
+def reservation_for(measured):
+    """Return the bytes to reserve for a target ``qemu-img measure`` sized."""
+    return measured + max(SLACK_BYTES, int(measured * SLACK_FRACTION))
+
+
+def _fallocate(path, size):
+    # NOTE: -n is --keep-size: the blocks are allocated past the end of the
+    # file and its size does not change, so QEMU (and an upload of the
+    # finished image) still sees only what was written.
+    processutils.execute('fallocate', '-n', '-l', str(size), path)
+
+
+def _existing(path):
+    while path and not os.path.isdir(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def unsupported_reason(directory):
+    """Say why space cannot be reserved in ``directory``, or ``None``.
+
+    Probed once per filesystem and process, with a 4 KiB reservation in a
+    temporary file (created in ``directory``, or its nearest existing
+    parent when it does not exist yet) that is removed at once.
+    """
+    where = _existing(directory)
+    try:
+        dev = os.stat(where).st_dev
+    except OSError as e:
+        return 'cannot read %s: %s' % (where, e)
+    if dev not in _SUPPORT:
+        probe = os.path.join(where, '.snapdriver-fallocate-%d' % os.getpid())
+        try:
+            # NOTE: fallocate -n does not create the file.
+            with open(probe, 'wb'):
+                pass
+            _fallocate(probe, 4096)
+            _SUPPORT[dev] = None
+        except (processutils.ProcessExecutionError, OSError) as e:
+            reason = getattr(e, 'stderr', None) or str(e)
+            _SUPPORT[dev] = ('the filesystem of %s cannot reserve space '
+                             '(fallocate --keep-size: %s)' %
+                             (where, reason.strip()))
+        finally:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+    return _SUPPORT[dev]
+
+
+def reserve(path, size, instance=None):
+    """Allocate ``size`` bytes of blocks for the existing file ``path``.
+
+    Fails when the filesystem would keep less than ``[snapdriver]
+    free_space_margin_mb`` free afterwards, or has no room at all.
+
+    :raises: :class:`exception.InsufficientSnapshotSpace`
+    """
+    directory = os.path.dirname(path)
+    margin = CONF.snapdriver.free_space_margin_mb * units.Mi
+    with _LOCK:
+        st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        if size + margin > free:
+            raise exception.InsufficientSnapshotSpace(
+                path=directory, needed_mb=size // units.Mi,
+                margin_mb=CONF.snapdriver.free_space_margin_mb,
+                free_mb=free // units.Mi)
+        try:
+            _fallocate(path, size)
+        except processutils.ProcessExecutionError as e:
+            if 'No space left' in (e.stderr or ''):
+                raise exception.InsufficientSnapshotSpace(
+                    path=directory, needed_mb=size // units.Mi,
+                    margin_mb=CONF.snapdriver.free_space_margin_mb,
+                    free_mb=free // units.Mi)
+            raise exception.SnapdriverException(
+                reason='cannot reserve %d MiB for %s: %s' % (
+                    size // units.Mi, path, (e.stderr or str(e)).strip()))
+    LOG.debug('Reserved %(mib)d MiB for %(path)s',
+              {'mib': size // units.Mi, 'path': path}, instance=instance)

@@ -1,0 +1,308 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A snapshot's work filesystem fills up: the snapshot may fail, the guest
+must not.
+
+A push-mode backup job copies the old data of every block the guest
+overwrites into its target before the guest's write proceeds (QEMU's
+copy-before-write filter, ``break-guest-write`` as libvirt 9.0 starts it).
+When the target's filesystem is full that copy fails, the guest's write
+fails with it, and QEMU pauses the guest (``werror=enospc``). Review issue
+15.1: seen with ``snapdriver snapshot --strategy live-backup`` on a 400 MiB
+ext4 work filesystem that filled up right after the target was created.
+
+The tests reproduce exactly that on a real writing guest: a raw base full
+of data, a writer rewriting scattered blocks of it (so the job's filter
+has old data to copy all the time), the work directory on a small ext4
+filesystem of its own, filled up by another file as soon as the backup job
+has started. The job is slowed down for a few seconds (libvirt applies
+``virDomainBlockJobSetSpeed`` to the backup job) so that the guest's
+writes, not the job's, meet the full filesystem first.
+"""
+
+import os
+import subprocess
+import threading
+import time
+
+import fixtures
+import libvirt
+from oslo_utils import units
+from testtools import content
+
+from snapdriver import exception
+from snapdriver import qemu_img
+from snapdriver import space
+from snapdriver.strategies import live_backup
+from snapdriver.tests.functional import base
+from snapdriver.tests.functional import fixtures as real
+from snapdriver.tests.functional import writer_guest
+
+#: Size of the small work filesystem, and of the guest's (full) disk.
+WORK_FS_MIB = 320
+DISK_MIB = 128
+#: How long the backup job crawls while the guest writes into a full
+#: filesystem, in seconds; then it runs at full speed.
+SLOW_SECONDS = 4
+#: Blocks the writer must add after the snapshot (it is still writing).
+RESUME_BLOCKS = 200
+
+
+def _sh(*cmd):
+    subprocess.run(cmd, check=True, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, timeout=120)
+
+
+class SmallWorkFilesystem(fixtures.Fixture):
+    """A small ext4 filesystem on a loop device, mounted at a new dir.
+
+    ``size_mib`` in all, no blocks reserved for root.
+    """
+
+    def __init__(self, parent, size_mib):
+        super().__init__()
+        self.parent = parent
+        self.size_mib = size_mib
+
+    def _setUp(self):
+        self.image = os.path.join(self.parent, 'workfs.img')
+        self.path = os.path.join(self.parent, 'workfs')
+        os.mkdir(self.path, 0o711)
+        with open(self.image, 'wb') as f:
+            f.truncate(self.size_mib * units.Mi)
+        _sh('mkfs.ext4', '-q', '-F', '-m', '0', self.image)
+        _sh('mount', '-o', 'loop', self.image, self.path)
+        self.addCleanup(_sh, 'umount', '-d', self.path)
+        # QEMU (its own user) traverses it to open the backup target.
+        os.chmod(self.path, 0o711)
+
+    def listdir(self):
+        """The entries of the filesystem, but for mkfs's lost+found."""
+        return sorted(set(os.listdir(self.path)) - {'lost+found'})
+
+    def fill(self):
+        """Allocate every free block to a file of its own."""
+        st = os.statvfs(self.path)
+        free = st.f_bavail * st.f_frsize
+        filler = os.path.join(self.path, 'filler')
+        if free > units.Mi:
+            # Leaves the last partial MiB: ext4 needs a few blocks for the
+            # filler's own extent tree.
+            _sh('fallocate', '-l', str(free - units.Mi), filler)
+        # Whatever is left, byte by byte through the page cache.
+        try:
+            with open(filler, 'ab') as f:
+                while True:
+                    f.write(b'\0' * 65536)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError:
+            pass
+        return os.statvfs(self.path).f_bavail * st.f_frsize
+
+
+class TargetFilesystemFullTestCase(base.DriverTestCase):
+
+    def setUp(self):
+        super().setUp()
+        reason = writer_guest.guest_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
+        if os.geteuid() != 0:
+            self.skipTest('mounting a loop filesystem needs root')
+        self.workfs = self.useFixture(
+            SmallWorkFilesystem(self.workdir, WORK_FS_MIB))
+        self.snapshots_directory = self.workfs.path
+        self.flags(snapshots_directory=self.workfs.path, group='libvirt')
+        self.flags(strategies=['live-backup'], free_space_margin_mb=8,
+                   group='snapdriver')
+        self.guest = self.useFixture(writer_guest.WriterGuest(
+            disk_mib=DISK_MIB, rate=0, fs_disk=False, scatter=True,
+            base_fill=True))
+        self.before = self.guest.wait_for_seq(500, timeout=120)
+        self.filled = []
+
+    def fill_once_the_job_runs(self):
+        """Fill the work filesystem while the backup job crawls.
+
+        The job is slowed down at its start and runs at full speed again
+        SLOW_SECONDS after the filesystem is full.
+        """
+        real_begin = libvirt.virDomain.backupBegin
+        test = self
+
+        def unthrottle(dom):
+            try:
+                dom.blockJobSetSpeed('vda', 0, 0)
+                test.events.append(('unthrottled', time.monotonic()))
+            except libvirt.libvirtError as e:
+                test.events.append(('unthrottle failed: %s' % e,
+                                    time.monotonic()))
+
+        def backup_begin(dom, *args, **kwargs):
+            result = real_begin(dom, *args, **kwargs)
+            dom.blockJobSetSpeed('vda', 1, 0)
+            test.events.append(('throttled', time.monotonic()))
+            # NOTE: QEMU starts up to 64 MiB of copies before the speed
+            # limit applies; wait until that burst is written, so that
+            # the guest's copy-before-write requests are the ones that
+            # meet the full filesystem.
+            processed = -1
+            throttled = still_since = time.monotonic()
+            while (time.monotonic() - still_since < 0.5 and
+                   time.monotonic() - throttled < 3):
+                stats = dom.jobStats(0)
+                now = stats.get('disk_processed', 0)
+                if now != processed:
+                    processed, still_since = now, time.monotonic()
+                time.sleep(0.05)
+            test.filled.append(test.workfs.fill())
+            test.processed_at_fill = processed
+            test.events.append(('filled at %d MiB processed' %
+                                (processed // units.Mi), time.monotonic()))
+            timer = threading.Timer(SLOW_SECONDS, unthrottle, (dom,))
+            timer.start()
+            test.addCleanup(timer.cancel)
+            return result
+
+        self.events = []
+        self.addDetail('events', content.Content(
+            content.UTF8_TEXT, lambda: [repr(self.events).encode()]))
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.backupBegin', backup_begin))
+
+    def assert_guest_never_stopped(self, sampler):
+        self.assertGreater(sampler.samples, 10)
+        self.assertEqual({'running'}, sampler.states,
+                         'the guest left the running state during the '
+                         'snapshot (console tail:\n%s)' %
+                         self.guest.console_tail())
+        state, reason = self.guest.dom.state()
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING, state)
+        self.assertNotIn('error', self.guest.console_text().split(
+            'writer start')[-1], 'the guest writer saw a write error')
+        # It still writes.
+        latest = self.guest.latest_seq()
+        self.guest.wait_for_seq(latest + RESUME_BLOCKS, timeout=60)
+
+    def test_work_fs_fills_during_backup(self):
+        self.fill_once_the_job_runs()
+        calls, sampler = self.snapshot(self.guest, sample=True)
+
+        self.assertEqual(1, len(self.filled), 'the fault was not injected')
+        self.assertLess(self.filled[0], units.Mi,
+                        'the work filesystem was not full')
+        # The job still had data to copy when the filesystem was full.
+        self.assertLess(self.processed_at_fill, DISK_MIB * units.Mi)
+        self.assert_task_states(calls)
+        # The reserved blocks were enough: the backup completed.
+        path = self.images.uploads['image-1']
+        self.assertEqual(DISK_MIB * units.Mi,
+                         qemu_img.info(path, 'qcow2').virtual_size)
+        self.assertIsNone(qemu_img.info(path, 'qcow2').backing_file)
+        self.assert_guest_never_stopped(sampler)
+        self.assertEqual(['filler'], self.workfs.listdir())
+
+    def test_guest_paused_anyway_is_resumed_and_said(self):
+        # Without the reservation (as before the fix) the guest's writes
+        # meet the full filesystem: QEMU pauses the guest. The safety net
+        # must resume it and the error must say what happened.
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.space.reserve'))
+        self.fill_once_the_job_runs()
+        sampler = base.StateSampler(self.guest.uuid)
+        sampler.start()
+        try:
+            e = self.assertRaises(
+                exception.GuestPausedDuringSnapshot,
+                self.driver.snapshot, self.context,
+                self.make_instance(self.guest), 'image-1',
+                lambda *a, **k: None)
+        finally:
+            sampler.stop()
+        self.assertIn('paused by an I/O error', str(e))
+        self.assertIn('was resumed', str(e))
+        self.assertIn('paused', sampler.states)
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING,
+                         self.guest.dom.state()[0])
+        latest = self.guest.latest_seq()
+        self.guest.wait_for_seq(latest + RESUME_BLOCKS, timeout=60)
+        self.assertEqual({}, self.images.uploads)
+        self.assertEqual(['filler'], self.workfs.listdir())
+
+
+class ReservationTestCase(base.DriverTestCase):
+    """The reservation counts what other snapshots took meanwhile."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('mounting a loop filesystem needs root')
+        self.workfs = self.useFixture(SmallWorkFilesystem(self.workdir, 64))
+        self.snapshots_directory = self.workfs.path
+        self.flags(snapshots_directory=self.workfs.path, group='libvirt')
+        self.flags(strategies=['live-backup'], free_space_margin_mb=0,
+                   group='snapdriver')
+
+    def test_space_taken_after_preflight_fails_before_the_job(self):
+        images = self.useFixture(real.DiskImages(
+            virtual_size=64 * units.Mi, data_size=24 * units.Mi))
+        domain = self.make_domain('running', images=images)
+        real_create = qemu_img.create
+        begun = []
+
+        def create_then_fill(*args, **kwargs):
+            real_create(*args, **kwargs)
+            # Another snapshot (or anything) takes the space between the
+            # preflight check and the reservation.
+            self.workfs.fill()
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.create', create_then_fill))
+        real_begin = libvirt.virDomain.backupBegin
+
+        def backup_begin(dom, *args, **kwargs):
+            begun.append(True)
+            return real_begin(dom, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.backupBegin', backup_begin))
+        e = self.assertRaises(exception.InsufficientSnapshotSpace,
+                              self.snapshot, domain)
+        self.assertIn(self.workfs.path, str(e))
+        self.assertEqual([], begun, 'the backup job started anyway')
+        self.assertEqual('running', domain.state())
+        self.assertEqual(['filler'], self.workfs.listdir())
+
+    def test_reservation_is_past_the_end_of_the_target(self):
+        images = self.useFixture(real.DiskImages(
+            virtual_size=64 * units.Mi, data_size=24 * units.Mi))
+        domain = self.make_domain('running', images=images)
+        seen = []
+        real_begin = libvirt.virDomain.backupBegin
+
+        def backup_begin(dom, xml, *args, **kwargs):
+            target = live_backup.backup_targets(xml)[0]
+            st = os.stat(target)
+            seen.append((st.st_size, st.st_blocks * 512))
+            return real_begin(dom, xml, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.backupBegin', backup_begin))
+        measured = qemu_img.measure(domain.disk_path, 'qcow2', 'qcow2')
+        self.snapshot(domain)
+        size, allocated = seen[0]
+        # A fresh qcow2 is a few hundred KiB; its blocks cover the data.
+        self.assertLess(size, units.Mi)
+        self.assertGreaterEqual(allocated, space.reservation_for(measured))
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)

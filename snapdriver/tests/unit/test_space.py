@@ -1,0 +1,101 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""Tests of snapdriver.space with the real fallocate on a temp dir."""
+
+import os
+from unittest import mock
+
+import fixtures
+from oslo_concurrency import processutils
+from oslo_config import fixture as config_fixture
+from oslo_utils import units
+from oslotest import base
+
+from snapdriver import conf
+from snapdriver import exception
+from snapdriver import space
+
+CONF = conf.CONF
+
+
+class SpaceTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.conf.config(free_space_margin_mb=0, group='snapdriver')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.useFixture(fixtures.MockPatchObject(space, '_SUPPORT', {}))
+        reason = space.unsupported_reason(self.dir)
+        if reason is not None:
+            self.skipTest(reason)
+        self.target = os.path.join(self.dir, 'target')
+        with open(self.target, 'wb') as f:
+            f.write(b'x' * 4096)
+
+    def test_reservation_adds_slack(self):
+        self.assertEqual(10 + space.SLACK_BYTES, space.reservation_for(10))
+        big = 10 * units.Gi
+        self.assertEqual(big + int(big * space.SLACK_FRACTION),
+                         space.reservation_for(big))
+
+    def test_reserve_allocates_past_the_end(self):
+        space.reserve(self.target, 8 * units.Mi)
+        st = os.stat(self.target)
+        self.assertEqual(4096, st.st_size)
+        self.assertGreaterEqual(st.st_blocks * 512, 8 * units.Mi)
+
+    def test_reserve_refuses_what_does_not_fit(self):
+        st = os.statvfs(self.dir)
+        free = st.f_bavail * st.f_frsize
+        e = self.assertRaises(exception.InsufficientSnapshotSpace,
+                              space.reserve, self.target, free + units.Gi)
+        self.assertIn(self.dir, str(e))
+        self.assertLess(os.stat(self.target).st_blocks * 512, units.Mi)
+
+    def test_reserve_keeps_the_margin(self):
+        st = os.statvfs(self.dir)
+        free = st.f_bavail * st.f_frsize
+        self.conf.config(free_space_margin_mb=free // units.Mi,
+                         group='snapdriver')
+        self.assertRaises(exception.InsufficientSnapshotSpace,
+                          space.reserve, self.target, 8 * units.Mi)
+
+    def test_enospc_from_fallocate_is_insufficient_space(self):
+        # Another process took the space between statvfs and fallocate.
+        with mock.patch.object(
+                processutils, 'execute',
+                side_effect=processutils.ProcessExecutionError(
+                    exit_code=1, stderr='fallocate: fallocate failed: No '
+                                        'space left on device')):
+            self.assertRaises(exception.InsufficientSnapshotSpace,
+                              space.reserve, self.target, units.Mi)
+
+    def test_probe_of_a_missing_directory_uses_its_parent(self):
+        missing = os.path.join(self.dir, 'not', 'yet')
+        self.assertIsNone(space.unsupported_reason(missing))
+        self.assertEqual(['target'], os.listdir(self.dir))
+
+    def test_unsupported_filesystem_is_reported_and_cached(self):
+        self.useFixture(fixtures.MockPatchObject(space, '_SUPPORT', {}))
+        with mock.patch.object(
+                processutils, 'execute',
+                side_effect=processutils.ProcessExecutionError(
+                    exit_code=1, stderr='fallocate: fallocate failed: '
+                                        'Operation not supported')) as ex:
+            reason = space.unsupported_reason(self.dir)
+            self.assertEqual(reason, space.unsupported_reason(self.dir))
+        self.assertEqual(1, ex.call_count)
+        self.assertIn('Operation not supported', reason)
+        self.assertIn('cannot reserve space', reason)
+        self.assertEqual(['target'], os.listdir(self.dir))
