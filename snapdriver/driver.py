@@ -27,6 +27,7 @@ from oslo_utils import excutils
 
 from snapdriver import conf
 from snapdriver import guest_state
+from snapdriver import journal
 from snapdriver import request as snap_request
 from snapdriver import runner
 from snapdriver import strategies
@@ -63,6 +64,13 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
         (block copies, backups onto our work files), then every work
         directory of ours is removed.
         """
+        try:
+            # Guests a killed cold snapshot left managed-saved first, so
+            # that their jobs and files are looked at as running guests.
+            journal.recover(self._host.get_connection())
+        except Exception:
+            LOG.exception('Could not restore guests left managed-saved by '
+                          'interrupted snapshots')
         try:
             cleaners = strategies.Registry.load(
                 strategies.available_names()).strategies
@@ -111,6 +119,10 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
 
         snapshot = self._image_api.get(context, image_id)
+        # NOTE: before the facts are gathered: a guest an interrupted
+        # snapshot left managed-saved is running (or paused) again.
+        journal.recover(self._host.get_connection(), uuid=instance.uuid,
+                        instance=instance)
         request = snap_request.build(guest, instance=instance, driver=self)
         strategy, _skipped = self.snapshot_registry.choose(request)
         if strategy.delegates_to_driver:

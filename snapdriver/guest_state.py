@@ -28,6 +28,7 @@ from oslo_log import log as logging
 from oslo_utils import excutils
 
 from snapdriver import exception
+from snapdriver import journal
 from snapdriver.strategies import base
 
 LOG = logging.getLogger(__name__)
@@ -112,23 +113,28 @@ def held(request, needed, power, record=None):
     LOG.info('Managed-saving %(state)s guest %(name)s for a cold snapshot',
              {'state': request.power_state_name, 'name': request.name},
              instance=request.instance)
-    record.suspended_at = time.monotonic()
-    # NOTE: BaseException, not Exception: an interrupt (Ctrl-C in the CLI,
-    # GreenletExit or a timeout in nova-compute) must not leave the guest
-    # managed-saved either, also when it lands inside the managed save.
-    try:
-        power.suspend()
-    except BaseException:
-        with excutils.save_and_reraise_exception():
-            if not _is_active(request):
+    # NOTE: recorded durably first: if this process is killed while the
+    # guest is managed-saved, the next init_host (or the next snapshot of
+    # the instance) restores it (journal.recover).
+    with journal.recorded(request, paused):
+        record.suspended_at = time.monotonic()
+        # NOTE: BaseException, not Exception: an interrupt (Ctrl-C in the
+        # CLI, GreenletExit or a timeout in nova-compute) must not leave the
+        # guest managed-saved either, also when it lands inside the managed
+        # save.
+        try:
+            power.suspend()
+        except BaseException:
+            with excutils.save_and_reraise_exception():
+                if not _is_active(request):
+                    _restore(request, power, paused, record)
+        try:
+            yield record
+        except BaseException:
+            with excutils.save_and_reraise_exception():
                 _restore(request, power, paused, record)
-    try:
-        yield record
-    except BaseException:
-        with excutils.save_and_reraise_exception():
+        else:
             _restore(request, power, paused, record)
-    else:
-        _restore(request, power, paused, record)
 
 
 def _is_active(request):

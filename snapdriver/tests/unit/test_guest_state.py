@@ -12,12 +12,15 @@
 
 """guest_state.held(): the guest always comes back (logic only)."""
 
+import os
 from unittest import mock
 
+import fixtures
 from nova.compute import power_state
 from oslotest import base
 
 from snapdriver import guest_state
+from snapdriver import journal
 from snapdriver.strategies import base as strategy_base
 from snapdriver.tests.unit import fakes
 
@@ -42,7 +45,17 @@ class HeldTestCase(base.BaseTestCase):
         super().setUp()
         self.guest = mock.Mock()
         self.guest.is_active.return_value = False
-        self.request = fakes.make_request(guest=self.guest)
+        # held() journals the managed save in the snapshots directory.
+        self.snapdir = self.useFixture(fixtures.TempDir()).path
+        self.request = fakes.make_request(
+            guest=self.guest, snapshots_directory=self.snapdir)
+
+    def test_managed_save_is_journaled_while_held(self):
+        with self._hold(_Power()):
+            self.assertEqual(
+                ['%s.json' % self.request.uuid],
+                os.listdir(journal.directory(self.snapdir)))
+        self.assertEqual([], os.listdir(self.snapdir))
 
     def _hold(self, power, request=None, needed=strategy_base.GUEST_QUIET):
         return guest_state.held(request or self.request, needed, power)
