@@ -31,6 +31,7 @@ from snapdriver import journal
 from snapdriver import request as snap_request
 from snapdriver import runner
 from snapdriver import strategies
+from snapdriver.strategies import base
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
@@ -59,26 +60,49 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
     def _clean_snapshot_leftovers(self):
         """Clean what snapshots killed with nova-compute left behind.
 
-        No snapshot runs while the service starts: every installed
-        strategy gets to end the jobs of its own left on running domains
-        (block copies, backups onto our work files), then every work
+        No snapshot runs while the service starts. In this order: the cold
+        strategies clean the disks of domains that do not run (internal
+        snapshots of ours), while a guest a killed cold snapshot left
+        managed-saved is still saved; then such guests are restored to the
+        state they had (:mod:`snapdriver.journal`); then the live
+        strategies end the jobs of their own left on running domains
+        (block copies, backups onto our work files); then every work
         directory of ours is removed.
         """
         try:
-            # Guests a killed cold snapshot left managed-saved first, so
-            # that their jobs and files are looked at as running guests.
+            cleaners = strategies.Registry.load(
+                strategies.available_names()).strategies
+        except Exception:
+            LOG.exception('Could not load the snapshot strategies to look '
+                          'for leftovers of interrupted snapshots')
+            cleaners = []
+        self._clean_leftovers_of(
+            [c for c in cleaners if c.guest_state != base.GUEST_LIVE],
+            running=False)
+        try:
             journal.recover(self._host.get_connection())
         except Exception:
             LOG.exception('Could not restore guests left managed-saved by '
                           'interrupted snapshots')
+        self._clean_leftovers_of(
+            [c for c in cleaners if c.guest_state == base.GUEST_LIVE],
+            running=True)
+        snapdir = CONF.libvirt.snapshots_directory
+        for path in runner.clean_stale_workdirs(snapdir):
+            LOG.warning('Removed work directory %s left by an interrupted '
+                        'snapshot', path)
+
+    def _clean_leftovers_of(self, cleaners, running):
+        """Run ``cleaners``' clean_leftovers on running or other domains."""
+        if not cleaners:
+            return
         try:
-            cleaners = strategies.Registry.load(
-                strategies.available_names()).strategies
-            guests = self._host.list_guests(only_running=True)
+            guests = [g for g in self._host.list_guests(only_running=False)
+                      if bool(g.is_active()) == running]
         except Exception:
-            LOG.exception('Could not look for block jobs left by '
-                          'interrupted snapshots')
-            cleaners = guests = []
+            LOG.exception('Could not list the domains to look for leftovers '
+                          'of interrupted snapshots')
+            return
         for guest in guests:
             try:
                 request = snap_request.build(guest, image_format='raw')
@@ -97,10 +121,6 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
                                 'domain %(name)s for leftovers: %(err)s',
                                 {'strategy': strategy.name,
                                  'name': guest.name, 'err': e})
-        snapdir = CONF.libvirt.snapshots_directory
-        for path in runner.clean_stale_workdirs(snapdir):
-            LOG.warning('Removed work directory %s left by an interrupted '
-                        'snapshot', path)
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Snapshot the instance's root disk with the configured strategy.

@@ -145,6 +145,9 @@ def _is_active(request):
 
 
 def _restore(request, power, paused, record):
+    LOG.debug('Restoring guest %(name)s to %(state)s',
+              {'name': request.name, 'state': request.power_state_name},
+              instance=request.instance)
     try:
         power.restore(paused)
     except Exception:

@@ -164,7 +164,15 @@ def recover(conn, snapshots_directory=None, uuid=None, instance=None):
     journal_dir = directory(snapshots_directory)
     if not os.path.isdir(journal_dir):
         return []
-    names = ['%s.json' % uuid] if uuid else sorted(os.listdir(journal_dir))
+    if uuid:
+        names = ['%s.json' % uuid]
+    else:
+        names = sorted(os.listdir(journal_dir))
+        for name in names:
+            if name.endswith('.json.tmp'):
+                # A process killed while it wrote its entry: the managed
+                # save it was about to start never began.
+                _remove(os.path.join(journal_dir, name))
     done = []
     for name in names:
         path = os.path.join(journal_dir, name)

@@ -293,6 +293,8 @@ def captured(request, strategy, power, progress=None, image_id=None):
             with guest_state.held(request, strategy.guest_state, power,
                                   run.guest):
                 with run.phase('capture'):
+                    LOG.debug('Capture by %s begins', strategy.name,
+                              instance=request.instance)
                     strategy.capture(request, out_path, run)
         except libvirt.libvirtError as ex:
             if ex.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:

@@ -44,6 +44,18 @@ class ColdInternal(base.SnapshotStrategy):
                       % request.source_format)
         return reason
 
+    def clean_leftovers(self, request):
+        """Delete our internal snapshots from a domain that does not run.
+
+        Shut off, or managed-saved by a killed snapshot: qemu-img can open
+        its disk then.
+        """
+        if request.is_active or not request.is_file_disk or (
+                request.source_format != 'qcow2'):
+            return []
+        return ['internal snapshot %s' % name
+                for name in self._remove_leftovers(request)]
+
     def _remove_leftovers(self, request):
         # NOTE: only possible with the guest managed-saved or off: qemu-img
         # cannot open a disk a running QEMU holds locked.
