@@ -29,8 +29,8 @@ that no longer fits fails *before* its job starts.
 """
 
 import os
-import threading
 
+from oslo_concurrency import lockutils
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import units
@@ -47,11 +47,11 @@ CONF = conf.CONF
 SLACK_BYTES = 16 * units.Mi
 SLACK_FRACTION = 0.02
 
-# NOTE: one reservation at a time in this process, so that the free space
-# each one checks already counts the others (fallocate takes the blocks at
-# once). Another process reserving at the same instant can only make our
-# fallocate fail with ENOSPC, which fails the snapshot before its job.
-_LOCK = threading.Lock()
+#: One reservation at a time in this process, so that the free space each
+#: one checks already counts the others (fallocate takes the blocks at
+#: once). Another process reserving at the same instant can only make our
+#: fallocate fail with ENOSPC, which fails the snapshot before its job.
+LOCK_NAME = 'snapdriver-reserve-space'
 _SUPPORT = {}
 
 
@@ -119,7 +119,11 @@ def reserve(path, size, instance=None):
     """
     directory = os.path.dirname(path)
     margin = CONF.snapdriver.free_space_margin_mb * units.Mi
-    with _LOCK:
+    # NOTE: lockutils, not threading.Lock: under eventlet (nova-compute's
+    # default mode) a lock made at import time is a real OS lock, and a
+    # greenthread waiting on it blocks the one holding it (seen in
+    # test_load: concurrent snapshots deadlocked here).
+    with lockutils.lock(LOCK_NAME):
         st = os.statvfs(directory)
         free = st.f_bavail * st.f_frsize
         if size + margin > free:
