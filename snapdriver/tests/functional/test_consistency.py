@@ -161,7 +161,7 @@ class ConsistencyTestCase(base.DriverTestCase):
                                                      force_share=True))
 
     def assert_running_throughout(self, guest, sampler):
-        self.assertGreater(sampler.samples, 0)
+        self.assert_sampled_throughout(sampler)
         self.assertEqual({'running'}, sampler.states)
         self.assertEqual(0, sampler.transient_samples,
                          'the domain was undefined during the snapshot')

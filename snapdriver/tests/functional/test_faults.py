@@ -236,7 +236,7 @@ class FaultTestCase(base.DriverTestCase):
                   % (fragments, messages))
 
     def assert_never_left(self, sampler, state):
-        self.assertGreater(sampler.samples, 0)
+        self.assert_sampled_throughout(sampler)
         self.assertEqual({state}, sampler.states)
         self.assertEqual(0, sampler.transient_samples)
 
@@ -520,8 +520,7 @@ class BlockJobFaultTestCase(FaultTestCase):
         self.assertNotIn(domain.uuid, [d.UUIDString() for d in
                                        domain.conn.listAllDomains(0)])
         self.assertEqual([], os.listdir(self.snapshots_directory))
-        self.assertEqual(0, real.qemu_img_check(
-            domain.disk_path, 'qcow2').get('corruptions', 0))
+        self.assert_check_clean(domain.disk_path, 'qcow2')
         self.assertTrue(real.images_equal(
             domain.disk_path, 'qcow2', domain.images.reference_path, 'raw'))
         self.assert_logged(domain, 'disappeared during its snapshot',

@@ -63,7 +63,7 @@ class StrategyMatrixTestCase(base.DriverTestCase):
         if live:
             # The guest never left its state and the domain was never
             # transient (the stock driver undefines it for the copy).
-            self.assertGreater(sampler.samples, 0)
+            self.assert_sampled_throughout(sampler)
             self.assertEqual({self.state}, sampler.states)
             self.assertEqual(0, sampler.transient_samples)
 
@@ -76,6 +76,7 @@ class DefaultChoiceTestCase(base.DriverTestCase):
         calls, sampler = self.snapshot(domain, sample=True)
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
+        self.assert_sampled_throughout(sampler)
         self.assertEqual({'running'}, sampler.states)
         self.assertEqual(0, sampler.transient_samples)
 
@@ -92,6 +93,7 @@ class DefaultChoiceTestCase(base.DriverTestCase):
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
         # A cold strategy stopped the guest for a while.
+        self.assert_sampled_throughout(sampler)
         self.assertIn('shutoff', sampler.states)
         self.assertEqual(0, sampler.transient_samples)
 
