@@ -31,6 +31,10 @@ from snapdriver import bench
 from snapdriver.tests.functional import fixtures as real
 from snapdriver.tests.functional import writer_guest
 
+#: The strategies the benchmark must run (besides stock), each installed.
+EXPECTED = ('cold-direct-extract', 'cold-internal', 'live-backup',
+            'live-shallow-rebase')
+
 
 class BenchSmokeTestCase(base.BaseTestCase):
 
@@ -64,7 +68,9 @@ class BenchSmokeTestCase(base.BaseTestCase):
         labels = {r['label'] for r in runs}
         self.assertIn('stock-live', labels)
         self.assertIn('stock-cold', labels)
-        for name in bench.installed_strategies():
+        installed = bench.installed_strategies()
+        for name in EXPECTED:
+            self.assertIn(name, installed)
             self.assertIn(name, labels)
         self.assertNotIn('stock', labels)
         applicable = [r for r in runs if not r.get('not_applicable')]
@@ -88,8 +94,7 @@ class BenchSmokeTestCase(base.BaseTestCase):
         reason = writer_guest.guest_unavailable_reason()
         if reason is not None:
             self.skipTest(reason)
-        if 'live-backup' not in bench.installed_strategies():
-            self.skipTest('live-backup is not installed')
+        self.assertIn('live-backup', bench.installed_strategies())
         cmd = [sys.executable, '-m', 'snapdriver.bench', '--writer',
                '--strategies', 'live-backup', '--no-stock', '--repeat', '1',
                '--writer-blocks', '20', '--output-dir', self.out]
