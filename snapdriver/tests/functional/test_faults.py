@@ -63,8 +63,11 @@ DIRECT = 'cold-direct-extract'
 INTERNAL = 'cold-internal'
 INSTALLED = (INTERNAL, DIRECT, LIVE, 'stock')
 
-# Run as the child process of KilledComputeTestCase.
+# Run as the child processes of KilledComputeTestCase, from the top of the
+# source tree.
 _MODULE = 'snapdriver.tests.functional.test_faults'
+_TOP = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))))
 
 # The wrapper runs as its own process with the environment processutils
 # gives it (LC_ALL and LANG only, no PATH): every path in it is absolute.
@@ -571,6 +574,32 @@ def _snapshot_in_child(uuid, snapshots_directory, uploads_directory):
     drv.snapshot(None, instance, 'image-child', lambda **kw: None)
 
 
+def _init_host_in_child(snapshots_directory):
+    """Be the restarted compute process of KilledComputeTestCase.
+
+    Runs the whole ``init_host()``, LibvirtDriver's included, and exits.
+    It starts libvirt event threads and Nova's process-wide executors,
+    which is why it runs in a process of its own. Warnings go to stderr.
+    """
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format='%(levelname)s %(name)s %(message)s')
+    CONF.set_override('connection_uri', real.LIBVIRT_URI, 'libvirt')
+    CONF.set_override('virt_type', 'kvm' if real.kvm_usable() else 'qemu',
+                      'libvirt')
+    CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
+    CONF.set_override('strategies', [LIVE], 'snapdriver')
+    code = 1
+    try:
+        drv = driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(), False)
+        drv.init_host(socket.gethostname())
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The event threads never end: leave without joining them.
+        os._exit(code)
+
+
 class KilledComputeTestCase(FaultTestCase):
     """nova-compute is SIGKILLed in the middle of a live snapshot."""
 
@@ -587,9 +616,7 @@ class KilledComputeTestCase(FaultTestCase):
         child = subprocess.Popen(
             [sys.executable, '-m', _MODULE, domain.uuid,
              self.snapshots_directory, self.uploads_directory],
-            stdout=out, stderr=subprocess.STDOUT,
-            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                os.path.dirname(os.path.abspath(__file__))))))
+            stdout=out, stderr=subprocess.STDOUT, cwd=_TOP)
         self.addCleanup(lambda: child.poll() is None and child.kill())
 
         deadline = time.monotonic() + 60
@@ -609,15 +636,21 @@ class KilledComputeTestCase(FaultTestCase):
         self.assertEqual(1, len(stale))
 
         if self.cleaner == 'init_host':
-            # The restarted service: LibvirtDriver.init_host() in full,
-            # then snapdriver's cleanup.
-            self.driver.init_host(socket.gethostname())
+            # The restarted service, a new process: LibvirtDriver's
+            # init_host() in full, then snapdriver's cleanup.
+            restart = subprocess.run(
+                [sys.executable, '-m', _MODULE, 'init-host',
+                 self.snapshots_directory],
+                capture_output=True, text=True, timeout=300, cwd=_TOP)
+            self.assertEqual(0, restart.returncode, restart.stderr)
             self.assertEqual({}, domain.dom.blockJobInfo('vda', 0))
             self.assertEqual([], os.listdir(self.snapshots_directory))
             workdir = os.path.join(self.snapshots_directory, stale[0])
-            self.assert_message('Removed work directory %s' % workdir)
-            self.assert_message('block copy job onto %s' % workdir,
-                                domain.name)
+            self.assertIn('Removed work directory %s' % workdir,
+                          restart.stderr)
+            self.assertIn('block copy job onto %s' % workdir,
+                          restart.stderr)
+            self.assertIn('of domain %s' % domain.name, restart.stderr)
             self.snapshot(domain)
         else:
             self.snapshot(domain)
@@ -871,4 +904,7 @@ class InternalSnapshotLeftoverTestCase(FaultTestCase):
 
 
 if __name__ == '__main__':
-    _snapshot_in_child(*sys.argv[1:])
+    if sys.argv[1] == 'init-host':
+        _init_host_in_child(*sys.argv[2:])
+    else:
+        _snapshot_in_child(*sys.argv[1:])
