@@ -146,7 +146,9 @@ class QemuImgTestCase(base.BaseTestCase):
 
     def test_check_clean_image(self):
         report = qemu_img.check(self.overlay, 'qcow2')
+        self.assertEqual(0, report['check-errors'])
         self.assertEqual(0, report.get('corruptions', 0))
+        self.assertEqual(0, report.get('leaks', 0))
         self.assertEqual({}, qemu_img.check(self.base, 'raw'))
 
     def test_compare_detects_difference(self):
