@@ -22,7 +22,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 
 import libvirt
 from nova.compute import task_states
@@ -87,10 +86,21 @@ class FakeImageService(object):
 class StateSampler(threading.Thread):
     """Samples a domain's state and persistence every few milliseconds.
 
-    Uses its own libvirt connection. ``states`` is the set of state words
-    seen, ``transient_samples`` how many samples found the domain not
-    persistent, ``samples`` how many were taken.
+    Uses its own libvirt connection. :meth:`start` returns once the first
+    sample is taken, and :meth:`stop` once a last sample was taken after it
+    was called: the samples bracket whatever the caller ran in between, and
+    ``window_samples`` counts the samples taken while it ran. Whatever
+    stops the sampler (a libvirt error, a lookup that fails) is raised
+    again by :meth:`start` or :meth:`stop` as a test failure; a domain that
+    disappears while sampled is recorded as the state ``gone``.
+
+    ``states`` is the set of state words seen, ``transient_samples`` how
+    many samples found the domain not persistent, ``samples`` how many
+    were taken.
     """
+
+    #: How long start() waits for the first sample and stop() for the last.
+    TIMEOUT = 60
 
     def __init__(self, uuid, interval=0.005):
         super().__init__(daemon=True)
@@ -98,26 +108,83 @@ class StateSampler(threading.Thread):
         self.interval = interval
         self.states = set()
         self.samples = 0
+        self.window_samples = 0
         self.transient_samples = 0
+        self.error = None
+        self._ready = threading.Event()
+        self._in_window = False
         self._stop_event = threading.Event()
 
-    def run(self):
-        conn = libvirt.open(real.LIBVIRT_URI)
+    def start(self):
+        """Start sampling; return once the first sample is taken.
+
+        :raises: ``AssertionError`` when the sampler failed or took no
+            sample within :attr:`TIMEOUT` seconds.
+        """
+        super().start()
+        if not self._ready.wait(self.TIMEOUT):
+            self._stop_event.set()
+            raise AssertionError('the state sampler of %s took no sample '
+                                 'in %d s' % (self.uuid, self.TIMEOUT))
+        self._raise_error()
+        self._in_window = True
+
+    def _raise_error(self):
+        if self.error is not None:
+            raise AssertionError('the state sampler of %s failed: %r' % (
+                self.uuid, self.error)) from self.error
+
+    def _sample(self, dom):
         try:
-            dom = conn.lookupByUUIDString(self.uuid)
-            while not self._stop_event.is_set():
-                state, _reason = dom.state()
-                self.states.add(_STATE_NAMES.get(state, str(state)))
-                if not dom.isPersistent():
-                    self.transient_samples += 1
-                self.samples += 1
-                time.sleep(self.interval)
+            state, _reason = dom.state()
+            persistent = dom.isPersistent()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            self.states.add('gone')
+        else:
+            self.states.add(_STATE_NAMES.get(state, str(state)))
+            if not persistent:
+                self.transient_samples += 1
+        self.samples += 1
+
+    def run(self):
+        try:
+            conn = libvirt.open(real.LIBVIRT_URI)
+            try:
+                dom = conn.lookupByUUIDString(self.uuid)
+                while True:
+                    # Read before the sample: the sample taken once the
+                    # stop was asked for is the last one.
+                    stopping = self._stop_event.is_set()
+                    in_window = self._in_window
+                    self._sample(dom)
+                    if in_window:
+                        self.window_samples += 1
+                    self._ready.set()
+                    if stopping:
+                        break
+                    self._stop_event.wait(self.interval)
+            finally:
+                conn.close()
+        except Exception as e:
+            self.error = e
         finally:
-            conn.close()
+            self._ready.set()
 
     def stop(self):
+        """Take a last sample, stop, and fail if the sampler failed.
+
+        :raises: ``AssertionError`` when the sampler failed or did not
+            stop within :attr:`TIMEOUT` seconds.
+        """
+        self._in_window = False
         self._stop_event.set()
-        self.join(10)
+        self.join(self.TIMEOUT)
+        if self.is_alive():
+            raise AssertionError('the state sampler of %s did not stop in '
+                                 '%d s' % (self.uuid, self.TIMEOUT))
+        self._raise_error()
 
 
 class DriverTestCase(base.BaseTestCase):
@@ -211,15 +278,28 @@ class DriverTestCase(base.BaseTestCase):
             'uploaded image differs from the disk content')
         self.assertIsNone(qemu_img.info(path, fmt).backing_file)
 
+    def assert_check_clean(self, path, fmt, force_share=False):
+        """``qemu-img check`` exits 0: no check error, corruption or leak."""
+        report = real.qemu_img_check(path, fmt, force_share=force_share)
+        self.assertEqual([], real.check_problems(report),
+                         'qemu-img check of %s: %s' % (path, report))
+
+    def assert_sampled_throughout(self, sampler):
+        """The sampler ran before, during and after what it watched."""
+        # start() returned after a first sample and stop() after a last
+        # one, so two samples bracket the snapshot; at least one more was
+        # taken while it ran.
+        self.assertGreaterEqual(sampler.samples, 2)
+        self.assertGreaterEqual(sampler.window_samples, 1,
+                                'no state sample during the snapshot')
+
     def assert_guest_intact(self, domain, state):
         """The guest is as it was: state, persistence, disk, no leftovers."""
         self.assertEqual(state, domain.state())
         self.assertTrue(domain.is_persistent())
         self.assertFalse(domain.has_managed_save())
         force = state != 'shutoff'
-        report = real.qemu_img_check(domain.disk_path, 'qcow2',
-                                     force_share=force)
-        self.assertEqual(0, report.get('corruptions', 0))
+        self.assert_check_clean(domain.disk_path, 'qcow2', force_share=force)
         self.assertEqual(
             [], real.internal_snapshots(domain.disk_path, force_share=force))
         self.assertTrue(real.images_equal(

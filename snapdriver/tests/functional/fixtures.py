@@ -137,11 +137,36 @@ def kvm_usable():
     return True
 
 
+def virtual_size(path, fmt, force_share=False):
+    """Return the virtual size of an image, read with its format given.
+
+    :param path: Path of the image.
+    :param fmt: Its format, never probed.
+    :param force_share: Pass ``-U`` to read an image in use by QEMU.
+    :returns: The virtual size in bytes.
+    :raises: ``processutils.ProcessExecutionError`` when qemu-img fails.
+    """
+    cmd = ['qemu-img', 'info', '-f', _format(fmt), '--output=json']
+    if force_share:
+        cmd.append('-U')
+    out, _err = _execute(*cmd, path)
+    return json.loads(out)['virtual-size']
+
+
+def _format(fmt):
+    # An empty format would let qemu-img probe the image.
+    if not fmt:
+        raise ValueError('an image format is required, not %r' % (fmt,))
+    return fmt
+
+
 def images_equal(a, a_fmt, b, b_fmt, force_share=False):
-    """Compare the guest-visible content of two images.
+    """Compare the guest-visible content and the virtual size of two images.
 
     Unallocated areas compare equal to zeroes, so a sparse qcow2 overlay
-    compares equal to a flat raw copy of its content.
+    compares equal to a flat raw copy of its content; but images of
+    different virtual sizes are never equal, even when the longer one's
+    tail reads as zeroes.
 
     :param a: Path of the first image.
     :param a_fmt: Format of ``a`` (``raw``, ``qcow2``...), never probed.
@@ -150,10 +175,25 @@ def images_equal(a, a_fmt, b, b_fmt, force_share=False):
     :param force_share: Pass ``-U`` so images in use by a running QEMU can
         be read (the result is then only as stable as the guest).
     :returns: ``True`` when identical, ``False`` when they differ.
-    :raises: ``processutils.ProcessExecutionError`` when qemu-img fails
+    :raises: ``ValueError`` when a format is empty;
+        ``processutils.ProcessExecutionError`` when qemu-img fails
         (exit code other than 0 or 1).
     """
-    cmd = ['qemu-img', 'compare', '-q', '-f', a_fmt, '-F', b_fmt]
+    # NOTE: qemu-img compare alone only warns about a size mismatch and
+    # exits 0 when the extra tail is zeroes (a 3 MiB and a 4 MiB raw file
+    # are "identical"). Its strict mode (-s) does fail on the size, but
+    # also on any difference in allocation status at the same offset: with
+    # QEMU 7.2 a raw file and its own qcow2 or raw conversion differ with
+    # "Strict mode: Offset 0 block status mismatch!", so no image could
+    # ever equal its reference. The sizes are compared here instead.
+    sizes = (virtual_size(a, a_fmt, force_share),
+             virtual_size(b, b_fmt, force_share))
+    if sizes[0] != sizes[1]:
+        LOG.info('%s (%d bytes) and %s (%d bytes) differ in virtual size',
+                 a, sizes[0], b, sizes[1])
+        return False
+    cmd = ['qemu-img', 'compare', '-q', '-f', _format(a_fmt),
+           '-F', _format(b_fmt)]
     if force_share:
         cmd.append('-U')
     # Exit code 0: identical, 1: different, 2 and more: error.
@@ -195,18 +235,46 @@ def qemu_img_check(path, fmt, force_share=False):
         refuses it.
     :param force_share: Pass ``-U`` to read an image in use by QEMU (the
         metadata may then be inconsistent mid-write).
-    :returns: The JSON report as a dict: a clean image has
-        ``check-errors == 0`` and no (or zero) ``corruptions`` and
-        ``leaks`` keys.
+    :returns: The JSON report as a dict, plus ``exit-code``: a clean image
+        has exit code 0, ``check-errors == 0`` and no (or zero)
+        ``corruptions`` and ``leaks`` keys (see :func:`check_problems`).
     :raises: ``processutils.ProcessExecutionError`` when qemu-img cannot
-        check the image (exit code 1 or 63).
+        check the image (exit code 1: the check did not complete; 63: the
+        format has no check).
     """
-    cmd = ['qemu-img', 'check', '-f', fmt, '--output=json']
+    cmd = ['qemu-img', 'check', '-f', _format(fmt), '--output=json']
     if force_share:
         cmd.append('-U')
     # 0: clean, 2: corruptions, 3: leaks; the JSON report describes them.
-    out, _err = _execute(*cmd, path, check_exit_code=[0, 2, 3])
-    return json.loads(out)
+    try:
+        out, _err = _execute(*cmd, path)
+        exit_code = 0
+    except processutils.ProcessExecutionError as e:
+        if e.exit_code not in (2, 3):
+            raise
+        out, exit_code = e.stdout, e.exit_code
+    report = json.loads(out)
+    report['exit-code'] = exit_code
+    return report
+
+
+def check_problems(report):
+    """List what makes a :func:`qemu_img_check` report unclean.
+
+    :param report: A report of :func:`qemu_img_check`.
+    :returns: A list of phrases (``'2 leaked clusters'``...), empty when
+        the image is clean: exit code 0, no check error, no corruption, no
+        leak.
+    """
+    problems = []
+    if report.get('exit-code', 0):
+        problems.append('qemu-img check exited %d' % report['exit-code'])
+    for key, what in (('check-errors', 'check errors'),
+                      ('corruptions', 'corruptions'),
+                      ('leaks', 'leaked clusters')):
+        if report.get(key, 0):
+            problems.append('%d %s' % (report[key], what))
+    return problems
 
 
 class DiskImages(fixtures.Fixture):

@@ -221,6 +221,13 @@ class SnapshotTestCase(CliTestCase):
         self.assertEqual(state, domain.state())
         self.assertTrue(domain.is_persistent())
         self.assertFalse(domain.has_managed_save())
+        force = state != 'shutoff'
+        report = real.qemu_img_check(domain.disk_path, 'qcow2',
+                                     force_share=force)
+        self.assertEqual([], real.check_problems(report), report)
+        self.assertTrue(real.images_equal(
+            domain.disk_path, 'qcow2', domain.images.reference_path, 'raw',
+            force_share=force), 'the disk content changed')
 
     def assert_image(self, path, fmt, domain):
         self.assertTrue(real.images_equal(

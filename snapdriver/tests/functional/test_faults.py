@@ -29,6 +29,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -62,8 +63,11 @@ DIRECT = 'cold-direct-extract'
 INTERNAL = 'cold-internal'
 INSTALLED = (INTERNAL, DIRECT, LIVE, 'stock')
 
-# Run as the child process of KilledComputeTestCase.
+# Run as the child processes of KilledComputeTestCase, from the top of the
+# source tree.
 _MODULE = 'snapdriver.tests.functional.test_faults'
+_TOP = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))))
 
 # The wrapper runs as its own process with the environment processutils
 # gives it (LC_ALL and LANG only, no PATH): every path in it is absolute.
@@ -71,6 +75,7 @@ _WRAPPER = """#!%(python)s
 import json
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -236,7 +241,7 @@ class FaultTestCase(base.DriverTestCase):
                   % (fragments, messages))
 
     def assert_never_left(self, sampler, state):
-        self.assertGreater(sampler.samples, 0)
+        self.assert_sampled_throughout(sampler)
         self.assertEqual({state}, sampler.states)
         self.assertEqual(0, sampler.transient_samples)
 
@@ -352,20 +357,43 @@ class SpaceTestCase(FaultTestCase):
                            level=logging.ERROR)
 
 
+#: CAP_SYS_ADMIN, the capability mount(2) needs (linux/capability.h).
+_CAP_SYS_ADMIN = 21
+
+
+def _tmpfs_unavailable_reason():
+    """Tell why this host cannot mount a tmpfs, or None when it can.
+
+    Only a missing capability is a reason: not root, no CAP_SYS_ADMIN (an
+    unprivileged container), no tmpfs in the kernel, no mount command.
+    """
+    if os.geteuid() != 0:
+        return 'mounting a tmpfs needs root'
+    with open('/proc/self/status') as f:
+        caps = dict(line.split(':', 1) for line in f if ':' in line)
+    if not int(caps['CapEff'].strip(), 16) >> _CAP_SYS_ADMIN & 1:
+        return 'mounting a tmpfs needs CAP_SYS_ADMIN, which this host lacks'
+    with open('/proc/filesystems') as f:
+        if 'tmpfs' not in f.read().split():
+            return 'the kernel has no tmpfs'
+    if shutil.which('mount') is None:
+        return 'the mount command is not installed'
+    return None
+
+
 class SmallFilesystemTestCase(FaultTestCase):
     """A real 8 MiB filesystem: 64 MiB raw cannot fit, 4 MiB qcow2 can."""
 
     def setUp(self):
         super().setUp()
-        if os.geteuid() != 0:
-            self.skipTest('mounting a tmpfs needs root')
+        reason = _tmpfs_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
         small = os.path.join(self.workdir, 'small')
         os.mkdir(small, 0o711)
-        try:
-            real._execute('mount', '-t', 'tmpfs', '-o', 'size=8m,mode=0711',
-                          'snapdriver-test', small)
-        except Exception as e:
-            self.skipTest('cannot mount a tmpfs here: %s' % e)
+        # The host can mount a tmpfs: any failure now is a test failure.
+        real._execute('mount', '-t', 'tmpfs', '-o', 'size=8m,mode=0711',
+                      'snapdriver-test', small)
         self.addCleanup(real._execute, 'umount', '-l', small)
         self.snapshots_directory = small
         self.flags(snapshots_directory=small, group='libvirt')
@@ -520,8 +548,7 @@ class BlockJobFaultTestCase(FaultTestCase):
         self.assertNotIn(domain.uuid, [d.UUIDString() for d in
                                        domain.conn.listAllDomains(0)])
         self.assertEqual([], os.listdir(self.snapshots_directory))
-        self.assertEqual(0, real.qemu_img_check(
-            domain.disk_path, 'qcow2').get('corruptions', 0))
+        self.assert_check_clean(domain.disk_path, 'qcow2')
         self.assertTrue(real.images_equal(
             domain.disk_path, 'qcow2', domain.images.reference_path, 'raw'))
         self.assert_logged(domain, 'disappeared during its snapshot',
@@ -547,6 +574,32 @@ def _snapshot_in_child(uuid, snapshots_directory, uploads_directory):
     drv.snapshot(None, instance, 'image-child', lambda **kw: None)
 
 
+def _init_host_in_child(snapshots_directory):
+    """Be the restarted compute process of KilledComputeTestCase.
+
+    Runs the whole ``init_host()``, LibvirtDriver's included, and exits.
+    It starts libvirt event threads and Nova's process-wide executors,
+    which is why it runs in a process of its own. Warnings go to stderr.
+    """
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format='%(levelname)s %(name)s %(message)s')
+    CONF.set_override('connection_uri', real.LIBVIRT_URI, 'libvirt')
+    CONF.set_override('virt_type', 'kvm' if real.kvm_usable() else 'qemu',
+                      'libvirt')
+    CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
+    CONF.set_override('strategies', [LIVE], 'snapdriver')
+    code = 1
+    try:
+        drv = driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(), False)
+        drv.init_host(socket.gethostname())
+        code = 0
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The event threads never end: leave without joining them.
+        os._exit(code)
+
+
 class KilledComputeTestCase(FaultTestCase):
     """nova-compute is SIGKILLed in the middle of a live snapshot."""
 
@@ -563,9 +616,7 @@ class KilledComputeTestCase(FaultTestCase):
         child = subprocess.Popen(
             [sys.executable, '-m', _MODULE, domain.uuid,
              self.snapshots_directory, self.uploads_directory],
-            stdout=out, stderr=subprocess.STDOUT,
-            cwd=os.path.dirname(os.path.dirname(os.path.dirname(
-                os.path.dirname(os.path.abspath(__file__))))))
+            stdout=out, stderr=subprocess.STDOUT, cwd=_TOP)
         self.addCleanup(lambda: child.poll() is None and child.kill())
 
         deadline = time.monotonic() + 60
@@ -585,13 +636,21 @@ class KilledComputeTestCase(FaultTestCase):
         self.assertEqual(1, len(stale))
 
         if self.cleaner == 'init_host':
-            self.driver._clean_snapshot_leftovers()
+            # The restarted service, a new process: LibvirtDriver's
+            # init_host() in full, then snapdriver's cleanup.
+            restart = subprocess.run(
+                [sys.executable, '-m', _MODULE, 'init-host',
+                 self.snapshots_directory],
+                capture_output=True, text=True, timeout=300, cwd=_TOP)
+            self.assertEqual(0, restart.returncode, restart.stderr)
             self.assertEqual({}, domain.dom.blockJobInfo('vda', 0))
             self.assertEqual([], os.listdir(self.snapshots_directory))
             workdir = os.path.join(self.snapshots_directory, stale[0])
-            self.assert_message('Removed work directory %s' % workdir)
-            self.assert_message('block copy job onto %s' % workdir,
-                                domain.name)
+            self.assertIn('Removed work directory %s' % workdir,
+                          restart.stderr)
+            self.assertIn('block copy job onto %s' % workdir,
+                          restart.stderr)
+            self.assertIn('of domain %s' % domain.name, restart.stderr)
             self.snapshot(domain)
         else:
             self.snapshot(domain)
@@ -845,4 +904,7 @@ class InternalSnapshotLeftoverTestCase(FaultTestCase):
 
 
 if __name__ == '__main__':
-    _snapshot_in_child(*sys.argv[1:])
+    if sys.argv[1] == 'init-host':
+        _init_host_in_child(*sys.argv[2:])
+    else:
+        _snapshot_in_child(*sys.argv[1:])

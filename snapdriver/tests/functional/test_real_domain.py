@@ -13,8 +13,12 @@
 """Prove the real-host fixtures on ``qemu:///system``."""
 
 import os
+import struct
 
+import fixtures
+from oslo_concurrency import processutils
 from oslo_utils import importutils
+from oslo_utils import units
 from oslotest import base
 
 from snapdriver.tests.functional import fixtures as func_fixtures
@@ -24,9 +28,112 @@ libvirt = importutils.try_import('libvirt')
 
 
 def _assert_clean(test, report):
-    test.assertEqual(0, report['check-errors'], report)
-    test.assertEqual(0, report.get('corruptions', 0), report)
-    test.assertEqual(0, report.get('leaks', 0), report)
+    test.assertEqual([], func_fixtures.check_problems(report), report)
+
+
+def leak_a_cluster(path):
+    """Give one cluster past the end of a qcow2 image a refcount of 1.
+
+    Nothing references that cluster: ``qemu-img check`` reports exactly
+    one leaked cluster (exit code 3), and no corruption.
+    """
+    with open(path, 'r+b') as f:
+        header = f.read(104)
+        cluster_bits = struct.unpack('>I', header[20:24])[0]
+        refcount_table = struct.unpack('>Q', header[48:56])[0]
+        # Version 3 header; order 4: 16-bit refcounts (qemu-img default).
+        assert struct.unpack('>I', header[96:100])[0] == 4
+        cluster_size = 1 << cluster_bits
+        cluster = -(-os.fstat(f.fileno()).st_size // cluster_size)
+        # The first refcount block covers this cluster.
+        assert cluster < cluster_size // 2
+        f.truncate((cluster + 1) * cluster_size)
+        f.seek(refcount_table)
+        block = struct.unpack('>Q', f.read(8))[0]
+        f.seek(block + 2 * cluster)
+        f.write(struct.pack('>H', 1))
+
+
+class ImagesEqualTestCase(base.BaseTestCase):
+    """images_equal is strict about the virtual size."""
+
+    def setUp(self):
+        super().setUp()
+        reason = func_fixtures.libvirt_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
+        self.dir = self.useFixture(fixtures.TempDir()).path
+
+    def _raw(self, name, size, data=b''):
+        path = os.path.join(self.dir, name)
+        with open(path, 'wb') as f:
+            f.truncate(size)
+            os.pwrite(f.fileno(), data, units.Mi)
+        return path
+
+    def test_same_content_same_size_is_equal(self):
+        data = os.urandom(64 * units.Ki)
+        a = self._raw('a.raw', 4 * units.Mi, data)
+        b = os.path.join(self.dir, 'b.qcow2')
+        processutils.execute('qemu-img', 'convert', '-f', 'raw', '-O',
+                             'qcow2', a, b)
+        self.assertTrue(func_fixtures.images_equal(a, 'raw', b, 'qcow2'))
+        self.assertTrue(func_fixtures.images_equal(b, 'qcow2', a, 'raw'))
+
+    def test_zero_tail_of_a_larger_image_is_not_equal(self):
+        # qemu-img compare without -s says "Images are identical".
+        data = os.urandom(64 * units.Ki)
+        small = self._raw('small.raw', 3 * units.Mi, data)
+        large = self._raw('large.raw', 4 * units.Mi, data)
+        self.assertFalse(func_fixtures.images_equal(small, 'raw',
+                                                    large, 'raw'))
+        self.assertFalse(func_fixtures.images_equal(large, 'raw',
+                                                    small, 'raw'))
+
+    def test_different_content_is_not_equal(self):
+        a = self._raw('a.raw', 4 * units.Mi, b'a')
+        b = self._raw('b.raw', 4 * units.Mi, b'b')
+        self.assertFalse(func_fixtures.images_equal(a, 'raw', b, 'raw'))
+
+    def test_format_is_never_probed(self):
+        a = self._raw('a.raw', units.Mi)
+        self.assertRaises(ValueError, func_fixtures.images_equal,
+                          a, None, a, 'raw')
+        self.assertRaises(ValueError, func_fixtures.images_equal,
+                          a, 'raw', a, '')
+
+
+class QemuImgCheckTestCase(base.BaseTestCase):
+    """check_problems sees leaks, not only corruptions."""
+
+    def setUp(self):
+        super().setUp()
+        reason = func_fixtures.libvirt_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
+        self.path = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 'disk.qcow2')
+        processutils.execute('qemu-img', 'create', '-q', '-f', 'qcow2',
+                             self.path, str(4 * units.Mi))
+
+    def test_clean_image(self):
+        report = func_fixtures.qemu_img_check(self.path, 'qcow2')
+        self.assertEqual(0, report['exit-code'])
+        self.assertEqual([], func_fixtures.check_problems(report))
+
+    def test_leaked_cluster_is_a_problem(self):
+        leak_a_cluster(self.path)
+        report = func_fixtures.qemu_img_check(self.path, 'qcow2')
+        self.assertEqual(3, report['exit-code'])
+        self.assertEqual(0, report.get('corruptions', 0))
+        self.assertEqual(['qemu-img check exited 3', '1 leaked clusters'],
+                         func_fixtures.check_problems(report))
+
+    def test_check_errors_and_corruptions_are_problems(self):
+        report = {'exit-code': 2, 'check-errors': 1, 'corruptions': 4}
+        self.assertEqual(['qemu-img check exited 2', '1 check errors',
+                          '4 corruptions'],
+                         func_fixtures.check_problems(report))
 
 
 class DiskImagesTestCase(base.BaseTestCase):

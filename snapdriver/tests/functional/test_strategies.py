@@ -18,6 +18,7 @@ back in the state it had and still persistent, and nothing is left behind.
 """
 
 import logging
+import re
 
 import fixtures
 import testscenarios
@@ -63,7 +64,7 @@ class StrategyMatrixTestCase(base.DriverTestCase):
         if live:
             # The guest never left its state and the domain was never
             # transient (the stock driver undefines it for the copy).
-            self.assertGreater(sampler.samples, 0)
+            self.assert_sampled_throughout(sampler)
             self.assertEqual({self.state}, sampler.states)
             self.assertEqual(0, sampler.transient_samples)
 
@@ -71,17 +72,30 @@ class StrategyMatrixTestCase(base.DriverTestCase):
 class DefaultChoiceTestCase(base.DriverTestCase):
     """With the default [snapdriver] strategies, the right one is used."""
 
+    def setUp(self):
+        super().setUp()
+        self.log = self.useFixture(fixtures.FakeLogger(
+            name='snapdriver.runner', level=logging.INFO))
+
+    def assert_strategy_ran(self, name):
+        """``name``, and only it, extracted the snapshot."""
+        ran = re.findall(r'Snapshot extracted by (\S+) in', self.log.output)
+        self.assertEqual([name], ran, self.log.output)
+
     def test_running_guest_is_snapshotted_live(self):
         domain = self.make_domain('running')
         calls, sampler = self.snapshot(domain, sample=True)
+        self.assert_strategy_ran('live-backup')
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
+        self.assert_sampled_throughout(sampler)
         self.assertEqual({'running'}, sampler.states)
         self.assertEqual(0, sampler.transient_samples)
 
     def test_shut_off_guest_is_converted_directly(self):
         domain = self.make_domain('shutoff')
         self.snapshot(domain)
+        self.assert_strategy_ran('cold-direct-extract')
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'shutoff')
 
@@ -89,9 +103,11 @@ class DefaultChoiceTestCase(base.DriverTestCase):
         self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
         domain = self.make_domain('running')
         calls, sampler = self.snapshot(domain, sample=True)
+        self.assert_strategy_ran('cold-direct-extract')
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
         # A cold strategy stopped the guest for a while.
+        self.assert_sampled_throughout(sampler)
         self.assertIn('shutoff', sampler.states)
         self.assertEqual(0, sampler.transient_samples)
 

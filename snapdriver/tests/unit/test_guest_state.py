@@ -13,6 +13,7 @@
 """guest_state.held(): the guest always comes back (logic only)."""
 
 import os
+import types
 from unittest import mock
 
 import fixtures
@@ -65,7 +66,29 @@ class HeldTestCase(base.BaseTestCase):
         with self._hold(power) as record:
             self.assertEqual(['suspend'], power.calls)
         self.assertEqual(['suspend', ('restore', False)], power.calls)
-        self.assertGreaterEqual(record.downtime, 0)
+        self.assertIsNotNone(record.suspended_at)
+        self.assertIsNotNone(record.restored_at)
+
+    def test_downtime_spans_the_save_to_the_restore(self):
+        clock = [100.0]
+
+        class _SlowPower(_Power):
+            def suspend(self):
+                super().suspend()
+                clock[0] += 1.0
+
+            def restore(self, paused):
+                clock[0] += 0.25
+                super().restore(paused)
+
+        # Only guest_state's view of the clock; time.monotonic stays real.
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.guest_state.time',
+            new=types.SimpleNamespace(monotonic=lambda: clock[0])))
+        with self._hold(_SlowPower()) as record:
+            clock[0] += 2.0
+        # The managed save (1 s), the capture (2 s) and the restore.
+        self.assertEqual(3.25, record.downtime)
 
     def test_paused_guest_is_restored_paused(self):
         power = _Power()

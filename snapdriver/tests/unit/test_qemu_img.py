@@ -17,6 +17,7 @@ import shutil
 import stat
 
 import fixtures
+from oslo_concurrency import processutils
 from oslo_utils import units
 from oslotest import base
 
@@ -97,13 +98,13 @@ class QemuImgTestCase(base.BaseTestCase):
         qemu_img.snapshot_create(self.overlay, 'snapdriver-t1')
         self.assertEqual(['snapdriver-t1'],
                          qemu_img.snapshot_list(self.overlay))
-        # Change the current state after the snapshot was taken.
+        # Change the image itself after the snapshot was taken: its
+        # current state no longer holds the snapshot's content.
+        processutils.execute('qemu-io', '-f', 'qcow2', '-c',
+                             'write -q -P 0x78 0 4096', self.overlay)
         current = self._path('current.raw')
-        shutil.copy(self.base, current)
-        _write(current, 0, b'x' * 4096)
-        tmp = self._path('tmp.qcow2')
-        qemu_img.convert(current, 'raw', tmp, 'qcow2')
-        qemu_img.rebase(tmp, 'qcow2', self.base, 'raw')
+        qemu_img.convert(self.overlay, 'qcow2', current, 'raw')
+        self.assertFalse(qemu_img.compare(current, 'raw', self.base, 'raw'))
         out = self._path('snap.raw')
         qemu_img.convert(self.overlay, 'qcow2', out, 'raw',
                          snapshot_name='snapdriver-t1')
@@ -129,12 +130,14 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertEqual(['snapdriver-c'], qemu_img.snapshot_list(odd))
 
     def test_rebase_onto_nothing_makes_a_standalone_image(self):
-        _write_qcow = self._path('top.raw')
+        before = self._path('before.raw')
+        shutil.copy(self.base, before)
         qemu_img.rebase(self.overlay, 'qcow2', '')
         self.assertIsNone(qemu_img.info(self.overlay, 'qcow2').backing_file)
+        # The overlay holds the data itself: the old base can change.
+        _write(self.base, 0, b'z' * len(self.base_data))
         self.assertTrue(qemu_img.compare(self.overlay, 'qcow2',
-                                         self.base, 'raw'))
-        self.assertFalse(os.path.exists(_write_qcow))
+                                         before, 'raw'))
 
     def test_measure_covers_the_data(self):
         needed = qemu_img.measure(self.overlay, 'qcow2', 'qcow2')
@@ -143,7 +146,9 @@ class QemuImgTestCase(base.BaseTestCase):
 
     def test_check_clean_image(self):
         report = qemu_img.check(self.overlay, 'qcow2')
+        self.assertEqual(0, report['check-errors'])
         self.assertEqual(0, report.get('corruptions', 0))
+        self.assertEqual(0, report.get('leaks', 0))
         self.assertEqual({}, qemu_img.check(self.base, 'raw'))
 
     def test_compare_detects_difference(self):
