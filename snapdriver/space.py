@@ -21,17 +21,20 @@ the guest with an I/O error (QEMU's default ``werror=enospc``), where a
 mirror would only fail its own job.
 
 So the blocks the target will need are allocated before the job starts,
-past the end of the (still small) file: ``fallocate --keep-size``, the
-call Nova itself uses for ``[DEFAULT] preallocate_images = space``. QEMU
+past the end of the (still small) file: ``fallocate(2)`` with
+``FALLOC_FL_KEEP_SIZE``, what ``fallocate --keep-size`` (the command Nova
+runs for ``[DEFAULT] preallocate_images = space``) does. QEMU
 appends the target's clusters into those blocks, so a filesystem that
 fills up during the job cannot fail QEMU's writes, and a second snapshot
 that no longer fits fails *before* its job starts.
 """
 
+import ctypes
+import ctypes.util
+import errno
 import os
 
 from oslo_concurrency import lockutils
-from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import units
 
@@ -60,11 +63,24 @@ def reservation_for(measured):
     return measured + max(SLACK_BYTES, int(measured * SLACK_FRACTION))
 
 
-def _fallocate(path, size):
-    # NOTE: -n is --keep-size: the blocks are allocated past the end of the
-    # file and its size does not change, so QEMU (and an upload of the
-    # finished image) still sees only what was written.
-    processutils.execute('fallocate', '-n', '-l', str(size), path)
+_LIBC = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+_LIBC.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                            ctypes.c_int64)
+#: linux/falloc.h: allocate past the end without changing the file size.
+FALLOC_FL_KEEP_SIZE = 0x01
+
+
+def _fallocate_fd(fd, size):
+    """fallocate(2) with FALLOC_FL_KEEP_SIZE; raises OSError.
+
+    The call ``fallocate --keep-size`` (and Nova's preallocate_images)
+    makes, without a process: the blocks are allocated past the end of the
+    file and its size does not change, so QEMU (and an upload of the
+    finished image) still sees only what was written.
+    """
+    if _LIBC.fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _existing(path):
@@ -76,12 +92,29 @@ def _existing(path):
     return path
 
 
+def _probe(where):
+    # NOTE: an unnamed file (O_TMPFILE): a process killed mid-probe leaves
+    # nothing behind (the randomized kill test found a named probe left).
+    try:
+        fd = os.open(where, os.O_TMPFILE | os.O_WRONLY, 0o600)
+    except OSError:
+        fd = None
+    if fd is None:
+        probe = os.path.join(where, '.snapdriver-fallocate-%d' % os.getpid())
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600)
+        os.unlink(probe)
+    try:
+        _fallocate_fd(fd, 4096)
+    finally:
+        os.close(fd)
+
+
 def unsupported_reason(directory):
     """Say why space cannot be reserved in ``directory``, or ``None``.
 
-    Probed once per filesystem and process, with a 4 KiB reservation in a
-    temporary file (created in ``directory``, or its nearest existing
-    parent when it does not exist yet) that is removed at once.
+    Probed once per filesystem and process, with a 4 KiB reservation in an
+    unnamed temporary file in ``directory`` (or its nearest existing parent
+    when it does not exist yet).
     """
     where = _existing(directory)
     try:
@@ -89,23 +122,13 @@ def unsupported_reason(directory):
     except OSError as e:
         return 'cannot read %s: %s' % (where, e)
     if dev not in _SUPPORT:
-        probe = os.path.join(where, '.snapdriver-fallocate-%d' % os.getpid())
         try:
-            # NOTE: fallocate -n does not create the file.
-            with open(probe, 'wb'):
-                pass
-            _fallocate(probe, 4096)
+            _probe(where)
             _SUPPORT[dev] = None
-        except (processutils.ProcessExecutionError, OSError) as e:
-            reason = getattr(e, 'stderr', None) or str(e)
+        except OSError as e:
             _SUPPORT[dev] = ('the filesystem of %s cannot reserve space '
-                             '(fallocate --keep-size: %s)' %
-                             (where, reason.strip()))
-        finally:
-            try:
-                os.unlink(probe)
-            except OSError:
-                pass
+                             '(fallocate with FALLOC_FL_KEEP_SIZE: %s)' %
+                             (where, e.strerror or e))
     return _SUPPORT[dev]
 
 
@@ -132,15 +155,19 @@ def reserve(path, size, instance=None):
                 margin_mb=CONF.snapdriver.free_space_margin_mb,
                 free_mb=free // units.Mi)
         try:
-            _fallocate(path, size)
-        except processutils.ProcessExecutionError as e:
-            if 'No space left' in (e.stderr or ''):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                _fallocate_fd(fd, size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise exception.InsufficientSnapshotSpace(
                     path=directory, needed_mb=size // units.Mi,
                     margin_mb=CONF.snapdriver.free_space_margin_mb,
                     free_mb=free // units.Mi)
             raise exception.SnapdriverException(
                 reason='cannot reserve %d MiB for %s: %s' % (
-                    size // units.Mi, path, (e.stderr or str(e)).strip()))
+                    size // units.Mi, path, e))
     LOG.debug('Reserved %(mib)d MiB for %(path)s',
               {'mib': size // units.Mi, 'path': path}, instance=instance)

@@ -10,13 +10,13 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Tests of snapdriver.space with the real fallocate on a temp dir."""
+"""Tests of snapdriver.space with the real fallocate(2) on a temp dir."""
 
+import errno
 import os
 from unittest import mock
 
 import fixtures
-from oslo_concurrency import processutils
 from oslo_config import fixture as config_fixture
 from oslo_utils import units
 from oslotest import base
@@ -73,13 +73,31 @@ class SpaceTestCase(base.BaseTestCase):
 
     def test_enospc_from_fallocate_is_insufficient_space(self):
         # Another process took the space between statvfs and fallocate.
-        with mock.patch.object(
-                processutils, 'execute',
-                side_effect=processutils.ProcessExecutionError(
-                    exit_code=1, stderr='fallocate: fallocate failed: No '
-                                        'space left on device')):
+        with mock.patch.object(space, '_fallocate_fd', side_effect=OSError(
+                errno.ENOSPC, os.strerror(errno.ENOSPC))):
             self.assertRaises(exception.InsufficientSnapshotSpace,
                               space.reserve, self.target, units.Mi)
+
+    def test_other_fallocate_error_is_typed(self):
+        with mock.patch.object(space, '_fallocate_fd', side_effect=OSError(
+                errno.EIO, os.strerror(errno.EIO))):
+            e = self.assertRaises(exception.SnapdriverException,
+                                  space.reserve, self.target, units.Mi)
+        self.assertIn('Input/output error', str(e))
+
+    def test_probe_leaves_no_file_even_when_named(self):
+        # Without O_TMPFILE the probe file is unlinked before fallocate.
+        real_open = os.open
+
+        def no_tmpfile(path, flags, *args):
+            if flags & os.O_TMPFILE == os.O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, 'no O_TMPFILE')
+            return real_open(path, flags, *args)
+
+        self.useFixture(fixtures.MockPatchObject(space, '_SUPPORT', {}))
+        with mock.patch('os.open', side_effect=no_tmpfile):
+            self.assertIsNone(space.unsupported_reason(self.dir))
+        self.assertEqual(['target'], os.listdir(self.dir))
 
     def test_probe_of_a_missing_directory_uses_its_parent(self):
         missing = os.path.join(self.dir, 'not', 'yet')
@@ -88,11 +106,8 @@ class SpaceTestCase(base.BaseTestCase):
 
     def test_unsupported_filesystem_is_reported_and_cached(self):
         self.useFixture(fixtures.MockPatchObject(space, '_SUPPORT', {}))
-        with mock.patch.object(
-                processutils, 'execute',
-                side_effect=processutils.ProcessExecutionError(
-                    exit_code=1, stderr='fallocate: fallocate failed: '
-                                        'Operation not supported')) as ex:
+        with mock.patch.object(space, '_fallocate_fd', side_effect=OSError(
+                errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))) as ex:
             reason = space.unsupported_reason(self.dir)
             self.assertEqual(reason, space.unsupported_reason(self.dir))
         self.assertEqual(1, ex.call_count)
