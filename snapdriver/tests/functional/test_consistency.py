@@ -40,6 +40,7 @@ import libvirt
 from nova.compute import task_states
 import nova.privsep
 from nova.virt.libvirt import guest as libvirt_guest
+from oslo_utils import units
 import testscenarios
 from testtools import content
 
@@ -246,6 +247,49 @@ class TestLivePointInTime(ConsistencyTestCase):
         # ...and the image is one instant of the disk, not its end state:
         # the writer went on writing while the snapshot was finished.
         self.assertLess(n, n_disk)
+        self.assert_running_throughout(guest, sampler)
+        self.assert_no_leftovers(guest)
+
+
+class TestLiveScatteredPointInTime(ConsistencyTestCase):
+    """A live snapshot of a guest rewriting scattered blocks is one instant.
+
+    A front-to-back copy of an appending writer also looks like a prefix;
+    a guest rewriting blocks all over its disk (writer -x) leaves a copy
+    that is not of one instant with old blocks beside newer ones.
+    """
+
+    scenarios = _scenarios(LIVE)
+
+    #: 16 MiB: 4096 blocks, each rewritten several times before the
+    #: snapshot begins.
+    DISK_MIB = 16
+
+    def disk_instant(self, guest):
+        guest.dom.suspend()
+        try:
+            return writer_guest.verify_point_in_time(
+                guest.disk_path, 'qcow2', force_share=True)
+        finally:
+            guest.dom.resume()
+
+    def test_image_is_one_instant(self):
+        self.flags(strategies=[self.strategy], group='snapdriver')
+        guest = self.boot(disk_mib=self.DISK_MIB, rate=0, scatter=True)
+        nblocks = self.DISK_MIB * units.Mi // writer_guest.BLOCK_SIZE
+        before = guest.wait_for_seq(2 * nblocks, timeout=240)
+
+        calls, sampler = self.snapshot(guest, sample=True)
+        n_disk, disk_run = self.disk_instant(guest)
+
+        self.assert_task_states(calls)
+        path = self.images.uploads['image-1']
+        cutoff, run_id = writer_guest.verify_point_in_time(path, 'qcow2')
+        self.numbers.update(strategy=self.strategy, seq_before=before,
+                            image_cutoff=cutoff, disk_cutoff_after=n_disk)
+        self.assertEqual(disk_run, run_id, 'not this writer run')
+        self.assertGreater(cutoff, before)
+        self.assertLess(cutoff, n_disk)
         self.assert_running_throughout(guest, sampler)
         self.assert_no_leftovers(guest)
 

@@ -118,6 +118,62 @@ class WriterGuestTestCase(base.BaseTestCase):
         return guest
 
 
+class TestVerifyPointInTime(base.BaseTestCase):
+    """verify_point_in_time on synthetic scattered images."""
+
+    RUN = 0x0fedcba987654321
+    N = 64
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.path = os.path.join(self.dir, 'disk.raw')
+
+    def state_after(self, cutoff):
+        """{block: seq} after writes 1..cutoff of writer -x."""
+        blocks = {}
+        for seq in range(1, cutoff + 1):
+            blocks[writer_guest.scattered_block(seq, self.RUN, self.N)] = seq
+        return blocks
+
+    def write(self, blocks):
+        _write_image(self.path, [
+            (index, writer_guest.expected_block(seq, self.RUN))
+            for index, seq in blocks.items()], self.N)
+
+    def test_one_instant_passes(self):
+        self.write(self.state_after(200))
+        self.assertEqual((200, self.RUN), writer_guest.verify_point_in_time(
+            self.path, 'raw'))
+
+    def test_old_block_beside_newer_ones_fails(self):
+        # What a front-to-back copy of a disk being rewritten gives: one
+        # block copied before its rewrite, the others after theirs.
+        blocks = self.state_after(200)
+        older = self.state_after(150)
+        stale = next(i for i in blocks if older.get(i) != blocks[i] and
+                     i in older)
+        blocks[stale] = older[stale]
+        self.write(blocks)
+        e = self.assertRaises(AssertionError,
+                              writer_guest.verify_point_in_time,
+                              self.path, 'raw')
+        self.assertIn('block %d must hold seq %d' % (
+            stale, self.state_after(200)[stale]), str(e))
+
+    def test_missing_block_fails(self):
+        blocks = self.state_after(200)
+        del blocks[next(iter(blocks))]
+        self.write(blocks)
+        self.assertRaises(AssertionError, writer_guest.verify_point_in_time,
+                          self.path, 'raw')
+
+    def test_empty_image(self):
+        self.write({})
+        self.assertEqual((0, None), writer_guest.verify_point_in_time(
+            self.path, 'raw'))
+
+
 class TestWriterGuest(WriterGuestTestCase):
 
     def test_boots_writes_and_answers_agent(self):

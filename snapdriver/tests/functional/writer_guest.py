@@ -321,6 +321,95 @@ def _check_raw(path):
     return n, run_id
 
 
+def scattered_block(seq, run_id, nblocks):
+    """The block writer.c -x writes sequence number ``seq`` to."""
+    return _mix64(seq ^ run_id) % nblocks
+
+
+def _check_scattered(path):
+    """Scan a raw image of a scattered writer; return ``(cutoff, run_id)``.
+
+    See :func:`verify_point_in_time`.
+    """
+    zero = bytes(BLOCK_SIZE)
+    found = {}
+    run_id = None
+    with open(path, 'rb') as f:
+        index = 0
+        while True:
+            block = f.read(BLOCK_SIZE)
+            if not block:
+                break
+            if len(block) < BLOCK_SIZE:
+                block = block + bytes(BLOCK_SIZE - len(block))
+            if block != zero:
+                where = 'block %d (offset %d) of %s' % (
+                    index, index * BLOCK_SIZE, path)
+                magic, seq, rid, crc = _HEADER.unpack_from(block)
+                if magic != MAGIC:
+                    raise AssertionError(
+                        '%s is neither empty nor a writer block (first '
+                        'bytes %r)' % (where, block[:16]))
+                actual = zlib.crc32(block[32:], zlib.crc32(block[:24]))
+                if actual != crc or block[28:32] != bytes(4):
+                    raise AssertionError(
+                        '%s has a bad checksum (%08x, header %s): torn or '
+                        'corrupt write' % (where, actual,
+                                           _describe_block(block)))
+                if run_id is None:
+                    run_id = rid
+                elif rid != run_id:
+                    raise AssertionError(
+                        '%s is from writer run %016x, another block from '
+                        'run %016x' % (where, rid, run_id))
+                found[index] = seq
+            index += 1
+    nblocks = index
+    if not found:
+        return 0, None
+    cutoff = max(found.values())
+    expected = {}
+    for seq in range(1, cutoff + 1):
+        expected[scattered_block(seq, run_id, nblocks)] = seq
+    for index in sorted(set(expected) | set(found)):
+        want, have = expected.get(index), found.get(index)
+        if want != have:
+            raise AssertionError(
+                'not one instant: after writes 1..%d (the newest in the '
+                'image) block %d must hold %s, but holds %s in %s' % (
+                    cutoff, index,
+                    'seq %d' % want if want else 'nothing',
+                    'seq %d' % have if have else 'nothing', path))
+    return cutoff, run_id
+
+
+def verify_point_in_time(image_path, image_fmt, force_share=False):
+    """Check an image of a scattered writer (``scatter=True``) is an instant.
+
+    With C the newest sequence number in the image, every block must hold
+    exactly the last of the writes 1..C aimed at it (``writer -x`` aims
+    write k at block mix(k, run id) mod N), and a block no such write aimed
+    at must be empty. A copy that is not of one instant (an old block next
+    to a newer one, a write after C, a torn block) raises AssertionError.
+    The disk must start empty (no ``base_fill``).
+
+    :returns: ``(C, run_id)``.
+    """
+    tmpdir = tempfile.mkdtemp(prefix='snapdriver-verify-')
+    try:
+        raw = image_path
+        if image_fmt != 'raw' or force_share:
+            raw = os.path.join(tmpdir, 'image.raw')
+            cmd = ['qemu-img', 'convert']
+            if force_share:
+                cmd.append('-U')
+            cmd += ['-f', image_fmt, '-O', 'raw', image_path, raw]
+            _run(cmd)
+        return _check_scattered(raw)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
 def scan_image(image_path, image_fmt, force_share=False):
     """Like :func:`verify_prefix` but return ``(n, run_id)``."""
     if image_fmt == 'raw' and not force_share:
