@@ -134,7 +134,7 @@ def flavor_strategies(instance):
     flavor = getattr(instance, 'flavor', None)
     if flavor is None:
         return None
-    return parse((flavor.extra_specs or {}).get(FLAVOR_SPEC))
+    return _parse_str((flavor.extra_specs or {}).get(FLAVOR_SPEC))
 
 
 def image_strategies(instance):
@@ -146,7 +146,13 @@ def image_strategies(instance):
     instance inherits.
     """
     sysmeta = getattr(instance, 'system_metadata', None) or {}
-    return parse(sysmeta.get('image_%s' % IMAGE_PROPERTY))
+    return _parse_str(sysmeta.get('image_%s' % IMAGE_PROPERTY))
+
+
+def _parse_str(value):
+    # Nova stores extra specs and system metadata as strings; anything
+    # else (a stand-in instance) sets no list.
+    return parse(value) if isinstance(value, str) else None
 
 
 def for_instance(instance, configured):
