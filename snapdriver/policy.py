@@ -29,6 +29,7 @@ A name a list may not use is refused before the guest is touched, with
 import dataclasses
 import typing as ty
 
+from nova import exception as nova_exception
 from oslo_log import log as logging
 
 from snapdriver import exception
@@ -131,7 +132,7 @@ def resolve(configured, flavor=None, image=None, label=None):
 
 def flavor_strategies(instance):
     """The instance flavor's :data:`FLAVOR_SPEC` list, or ``None``."""
-    flavor = getattr(instance, 'flavor', None)
+    flavor = _field(instance, 'flavor')
     if flavor is None:
         return None
     return _parse_str((flavor.extra_specs or {}).get(FLAVOR_SPEC))
@@ -145,8 +146,18 @@ def image_strategies(instance):
     (``image_snapdriver_strategies``), which is also what a snapshot of the
     instance inherits.
     """
-    sysmeta = getattr(instance, 'system_metadata', None) or {}
+    sysmeta = _field(instance, 'system_metadata') or {}
     return _parse_str(sysmeta.get('image_%s' % IMAGE_PROPERTY))
+
+
+def _field(instance, name):
+    # NOTE: inside nova-compute an unset field is lazy-loaded through the
+    # conductor; an instance without a context (tests, tools) cannot load
+    # it and has no list.
+    try:
+        return getattr(instance, name, None)
+    except nova_exception.OrphanedObjectError:
+        return None
 
 
 def _parse_str(value):

@@ -134,3 +134,10 @@ class ForInstanceTestCase(base.BaseTestCase):
         inst = _instance('live-backup', 'cold-direct-extract')
         self.assertRaises(exception.SnapshotStrategyNotAllowed,
                           policy.for_instance, inst, CONFIGURED)
+
+    def test_orphaned_instance_without_flavor(self):
+        # No context to lazy-load the flavor with: no flavor list.
+        inst = objects.Instance(uuid='4f2ab6c3-0d3e-4c55-8c9a-5b0d3f3e2c11',
+                                system_metadata={})
+        self.assertEqual(CONFIGURED,
+                         policy.for_instance(inst, CONFIGURED).names)
