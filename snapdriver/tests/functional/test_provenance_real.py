@@ -25,6 +25,7 @@ import datetime
 import threading
 import time
 
+import fixtures
 import testscenarios
 
 from snapdriver import strategies
@@ -94,8 +95,27 @@ class TestLiveProvenance(test_consistency.ConsistencyTestCase):
                              'missing from the image')
         return props, n, reported_after
 
+    def slow_down_after_capture(self, seconds):
+        """Let the writer report for ``seconds`` after each capture.
+
+        The console reports the writer's progress every 0.5 s, and the
+        copy of the small test disk takes less: without a wait, a point
+        in time stamped at the end of the capture instead of at the real
+        instant would go unnoticed. The spy calls the real capture.
+        """
+        cls = type(self.strategy_object(self.strategy))
+        real_capture = cls.capture
+
+        def capture(strategy, request, out_path, run):
+            real_capture(strategy, request, out_path, run)
+            time.sleep(seconds)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            '%s.%s.capture' % (cls.__module__, cls.__name__), capture))
+
     def test_live_provenance(self):
         self.flags(strategies=[self.strategy], group='snapdriver')
+        self.slow_down_after_capture(1.5)
         guest = self.boot()
         guest.wait_for_seq(test_consistency.MIN_BLOCKS, timeout=120)
 
