@@ -87,6 +87,14 @@ def describe(chosen, flavor_from, out):
     out.write('policy:   %s\n' % chosen.explain())
     if flavor_from:
         out.write('          (flavor list from %s)\n' % flavor_from)
+    for name in chosen.configured:
+        if name in chosen.names:
+            continue
+        if chosen.flavor is not None and name not in chosen.flavor:
+            why = 'the flavor'
+        else:
+            why = 'the image'
+        out.write('          %s: left out by %s\n' % (name, why))
 
 
 def write_provenance(props, out, title='provenance'):

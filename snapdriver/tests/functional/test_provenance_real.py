@@ -29,6 +29,7 @@ import fixtures
 import testscenarios
 
 from snapdriver import strategies
+from snapdriver.tests.functional import base
 from snapdriver.tests.functional import test_consistency
 from snapdriver.tests.functional import writer_guest
 
@@ -133,3 +134,35 @@ class TestLiveProvenance(test_consistency.ConsistencyTestCase):
                          props['snapdriver_consistency'])
         self.assertEqual('0', props['snapdriver_guest_downtime_ms'])
         self.assertEqual(self.strategy, props['snapdriver_strategy'])
+
+
+class TestColdProvenance(base.DriverTestCase):
+    """Cold strategies on real domains (no guest OS needed)."""
+
+    scenarios = [(name, {'strategy': name})
+                 for name in test_consistency.COLD
+                 if name in strategies.available_names()]
+
+    def _snapshot(self, state):
+        domain = self.make_domain(state)
+        t0 = time.time()
+        self.snapshot(domain, image_id=state)
+        t1 = time.time()
+        props = self.images.metadata[state]['properties']
+        self.assertEqual(self.strategy, props['snapdriver_strategy'])
+        self.assertEqual('cold', props['snapdriver_consistency'])
+        when = datetime.datetime.fromisoformat(
+            props['snapdriver_point_in_time'])
+        self.assertEqual(datetime.timezone.utc, when.tzinfo)
+        self.assertTrue(t0 <= when.timestamp() <= t1,
+                        (t0, when.timestamp(), t1))
+        return int(props['snapdriver_guest_downtime_ms']), t1 - t0
+
+    def test_cold_provenance(self):
+        self.flags(strategies=[self.strategy], group='snapdriver')
+        downtime_ms, took = self._snapshot('running')
+        # The managed save and the restore of a running guest.
+        self.assertGreater(downtime_ms, 0)
+        self.assertLessEqual(downtime_ms, took * 1000)
+        downtime_ms, _took = self._snapshot('shutoff')
+        self.assertEqual(0, downtime_ms)

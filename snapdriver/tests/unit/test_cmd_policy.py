@@ -111,6 +111,12 @@ class ResolveTestCase(base.BaseTestCase):
         self.assertEqual(['live-backup'], registry.names())
         self.assertEqual('--flavor-strategies', source)
         self.assertEqual('image', chosen.source)
+        out = io.StringIO()
+        cli_policy.describe(chosen, source, out)
+        self.assertIn('live-shallow-rebase: left out by the image\n',
+                      out.getvalue())
+        self.assertIn('cold-direct-extract: left out by the flavor\n',
+                      out.getvalue())
 
     def test_image_cannot_widen(self):
         self.assertRaises(exception.SnapshotStrategyNotAllowed,
