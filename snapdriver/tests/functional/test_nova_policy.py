@@ -338,3 +338,24 @@ class NovaPolicyTestCase(base.ServersTestBase):
                           'snapdriver_guest_downtime_ms': 'unknown'},
                          {k: self.upload_props[snap['id']][k]
                           for k in PROVENANCE})
+
+    def test_live_only_flavor_cannot_shelve(self):
+        # Shelve powers the guest off, then snapshots it: a list with no
+        # strategy for a shut-off guest makes the shelve fail, cleanly.
+        # (Documented in doc/source/per-workload.rst.)
+        server = self._boot(self._flavor(LIVE_ONLY))
+        # NOTE: the functional base runs RPC casts as calls, so the compute
+        # failure reaches the API call here; a real nova-api answers 202
+        # and the failure shows in the instance actions.
+        e = self.assertRaises(client.OpenStackApiException,
+                              self.api.post_server_action, server['id'],
+                              {'shelve': {}})
+        self.assertIn('NoApplicableSnapshotStrategy', str(e))
+        server = self._wait_for_server_parameter(
+            server, {'OS-EXT-STS:task_state': None}, max_retries=40)
+        # Nova's own handling of a failed shelve snapshot: the server stays
+        # ACTIVE with the guest shelve powered off (until Nova's power
+        # state sync); the snapshot itself never managed-saved anything.
+        self.assertEqual('ACTIVE', server['status'])
+        self.assertEqual(power_state.SHUTDOWN, self._domain_state(server))
+        self.assertEqual([], self.saves)
