@@ -218,6 +218,20 @@ class NovaPolicyTestCase(base.ServersTestBase):
         self._snapshot_ok(other, 'snap-cold')
         self.assertEqual(1, len(self.saves))
 
+    def test_live_only_flavor_when_no_live_strategy_applies(self):
+        # Live snapshots disabled on the host: the host's list would fall
+        # through to cold-direct-extract and stop the guest; the flavor's
+        # list refuses instead, before the guest is touched.
+        self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
+        server = self._boot(self._flavor(LIVE_ONLY))
+        payload = self._snapshot_fails(server, 'snap')
+        self.assertEqual('NoApplicableSnapshotStrategy',
+                         payload['exception'])
+        self.assertIn('disable_libvirt_livesnapshot',
+                      payload['exception_message'])
+        self.assertEqual([], self.saves)
+        self.assertEqual(power_state.RUNNING, self._domain_state(server))
+
     def test_live_only_flavor_fails_cleanly_for_a_shut_off_guest(self):
         server = self._boot(self._flavor(LIVE_ONLY))
         server = self._stop_server(server)
