@@ -52,6 +52,11 @@ A list without any cold strategy means "never stop my guests": an instance
 that cannot be snapshotted live then fails to snapshot instead of being
 stopped.
 
+This is also the set of strategies a flavor (extra spec
+``snapdriver:strategies``) or an image (property ``snapdriver_strategies``)
+may choose from: they can narrow it for their instances, the flavor can
+reorder it, neither can add to it.
+
 Possible values:
 
 * ``live-backup``: no guest downtime; a libvirt push-mode backup job writes

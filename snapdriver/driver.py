@@ -28,6 +28,8 @@ from oslo_utils import excutils
 from snapdriver import conf
 from snapdriver import guest_state
 from snapdriver import journal
+from snapdriver import policy
+from snapdriver import provenance
 from snapdriver import request as snap_request
 from snapdriver import runner
 from snapdriver import strategies
@@ -43,6 +45,9 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
     def __init__(self, virtapi, read_only=False):
         super().__init__(virtapi, read_only)
         self._snapshot_registry = None
+        # instance uuid -> name of the strategy that handed the snapshot
+        # to LibvirtDriver.snapshot(); read by _create_snapshot_metadata.
+        self._delegated_snapshots = {}
 
     @property
     def snapshot_registry(self):
@@ -144,10 +149,14 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
         journal.recover(self._host.get_connection(), uuid=instance.uuid,
                         instance=instance)
         request = snap_request.build(guest, instance=instance, driver=self)
-        strategy, _skipped = self.snapshot_registry.choose(request)
+        strategy, _skipped = self.policy_registry(instance).choose(request)
         if strategy.delegates_to_driver:
-            return super().snapshot(context, instance, image_id,
-                                    update_task_state)
+            self._delegated_snapshots[instance.uuid] = strategy.name
+            try:
+                return super().snapshot(context, instance, image_id,
+                                        update_task_state)
+            finally:
+                self._delegated_snapshots.pop(instance.uuid, None)
 
         metadata = self._create_snapshot_metadata(
             instance.image_meta, instance, request.image_format,
@@ -163,6 +172,9 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
                 update_task_state(
                     task_state=task_states.IMAGE_UPLOADING,
                     expected_state=task_states.IMAGE_PENDING_UPLOAD)
+                props = provenance.properties(run)
+                LOG.info('Snapshot provenance: %s', props, instance=instance)
+                provenance.stamp(metadata, props)
                 with libvirt_utils.file_open(out_path, 'rb') as image_file:
                     # execute operation with disk concurrency semaphore
                     with compute_utils.disk_ops_semaphore:
@@ -177,3 +189,24 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
                 LOG.exception('Failed to snapshot image', instance=instance)
         LOG.info('Snapshot image upload complete (%(summary)s)',
                  {'summary': run.summary()}, instance=instance)
+
+    def policy_registry(self, instance):
+        """The registry narrowed by the instance's flavor and image.
+
+        :raises: :class:`snapdriver.exception.SnapshotStrategyNotAllowed`
+        """
+        registry = self.snapshot_registry
+        return registry.narrowed(
+            policy.for_instance(instance, registry.names()).names)
+
+    def _create_snapshot_metadata(self, image_meta, instance, img_fmt,
+                                  snp_name):
+        metadata = super()._create_snapshot_metadata(
+            image_meta, instance, img_fmt, snp_name)
+        delegated = self._delegated_snapshots.get(instance.uuid)
+        if delegated is not None:
+            # NOTE: Nova's own snapshot() uploads with this metadata; stamp
+            # what we know so no provenance inherited from the image the
+            # server booted is left on the new snapshot.
+            provenance.stamp(metadata, provenance.delegated(delegated))
+        return metadata

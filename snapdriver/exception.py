@@ -102,3 +102,12 @@ class QuiesceRequired(SnapdriverException):
     msg_fmt = _("The image of instance %(instance)s sets os_require_quiesce "
                 "but the guest cannot be quiesced: %(reason)s. The guest was "
                 "not changed; make sure qemu-guest-agent runs in the guest.")
+
+
+class SnapshotStrategyNotAllowed(exception.Invalid):
+    msg_fmt = _("Snapshot strategies %(names)s named by the %(source)s of "
+                "instance %(instance)s are not allowed here, so the guest "
+                "was not touched. Allowed strategies: %(allowed)s. The "
+                "flavor may only narrow and reorder [snapdriver] "
+                "strategies; the image may only narrow what the flavor "
+                "leaves.")

@@ -79,6 +79,9 @@ class GuestStateRecord(object):
 
     def __init__(self):
         self.suspended_at = None
+        #: Wall-clock time (``time.time()``) the managed save returned:
+        #: from then until the restore nothing writes the disk.
+        self.saved_wall = None
         self.restored_at = None
 
     @property
@@ -128,6 +131,7 @@ def held(request, needed, power, record=None):
             with excutils.save_and_reraise_exception():
                 if not _is_active(request):
                     _restore(request, power, paused, record)
+        record.saved_wall = time.time()
         try:
             yield record
         except BaseException:

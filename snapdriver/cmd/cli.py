@@ -37,8 +37,10 @@ from oslo_utils import excutils
 from oslo_utils import units
 import stevedore
 
+from snapdriver.cmd import policy as cli_policy
 from snapdriver import conf
 from snapdriver import guest_state
+from snapdriver import provenance
 from snapdriver import request as snap_request
 from snapdriver import runner
 from snapdriver import strategies
@@ -282,10 +284,12 @@ def cmd_plan(args, out):
         registry = load_registry(
             [args.strategy] if args.strategy else None)
         request = snap_request.build(guest, image_format=args.format)
+        registry, policy, flavor_from = _apply_policy(registry, guest, args)
         chosen, skipped = registry.plan(request)
     finally:
         conn.close()
     _describe_request(request, out)
+    cli_policy.describe(policy, flavor_from, out)
     out.write('strategies, in order:\n')
     width = max(len(n) for n in registry.names())
     reasons = dict(skipped)
@@ -301,7 +305,17 @@ def cmd_plan(args, out):
         out.write('no strategy applies: the snapshot would fail before '
                   'the guest is touched\n')
         return EXIT_FAILED
+    cli_policy.write_provenance(provenance.expected(request, chosen), out,
+                                'the snapshot would say')
     return EXIT_OK
+
+
+def _apply_policy(registry, guest, args):
+    """The registry narrowed by the flavor's and the image's lists."""
+    try:
+        return cli_policy.resolve(registry, guest, args)
+    except nova_exception.Invalid as e:
+        raise CliError(str(e))
 
 
 def _mode(strategy):
@@ -502,6 +516,7 @@ def cmd_snapshot(args, out):
 
 def _snapshot(args, out, registry, guest, output, workdir):
     request = snap_request.build(guest, image_format=args.format)
+    registry, _policy, _from = _apply_policy(registry, guest, args)
     try:
         strategy, _skipped = registry.choose(request)
     except nova_exception.NovaException as e:
@@ -546,6 +561,7 @@ def _snapshot(args, out, registry, guest, output, workdir):
                  summary['output_bytes']))
     out.write('  phases:          %s\n' % ', '.join(
         '%s %.2f s' % item for item in summary['phases'].items()))
+    cli_policy.write_provenance(provenance.properties(run), out)
     return EXIT_OK
 
 
@@ -584,6 +600,7 @@ def build_parser():
     p.add_argument('domain', metavar='DOMAIN', help='domain name or UUID.')
     p.add_argument('--strategy', metavar='NAME',
                    help='consider only this strategy.')
+    cli_policy.add_arguments(p)
     p.add_argument('--format', choices=('raw', 'qcow2'),
                    help='output format (default: [libvirt] '
                         'snapshot_image_format, else the disk\'s).')
@@ -602,6 +619,7 @@ def build_parser():
                         'snapshot_image_format, else the disk\'s).')
     p.add_argument('--force', action='store_true',
                    help='replace OUTPUT if it exists.')
+    cli_policy.add_arguments(p)
     p.add_argument('--work-dir', metavar='DIR',
                    help='directory for temporary files (default: [libvirt] '
                         'snapshots_directory if it exists, else a private '

@@ -18,6 +18,8 @@ loaded once, when nova-compute starts (``init_host``), and an unknown name
 stops the service with the list of installed names.
 """
 
+import copy
+
 from oslo_log import log as logging
 import stevedore
 
@@ -91,6 +93,19 @@ class Registry(object):
                 return strategy
         raise exception.UnknownSnapshotStrategy(
             unknown=name, available=', '.join(self.names()))
+
+    def narrowed(self, names):
+        """Return a registry of the strategies ``names``, in that order.
+
+        The strategies are the ones already loaded (no entry point is
+        read again); used to apply a per-flavor or per-image policy.
+
+        :raises: :class:`exception.UnknownSnapshotStrategy` for a name
+            this registry does not hold.
+        """
+        registry = copy.copy(self)
+        registry.strategies = [self.get(name) for name in names]
+        return registry
 
     def plan(self, request):
         """Return ``(strategy, skipped)`` for ``request``.

@@ -345,6 +345,8 @@ class LiveBackup(base.SnapshotStrategy):
                    'straight into a qcow2 image; the domain definition is '
                    'never changed.')
     guest_state = base.GUEST_LIVE
+    #: snapdriver_point_in_time of its images (see snapdriver.provenance).
+    point_in_time_is = 'start of the backup job'
 
     def unsupported_reason(self, request):
         reason = checks.first(checks.file_disk(request),

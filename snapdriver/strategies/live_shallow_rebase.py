@@ -122,6 +122,8 @@ class LiveShallowRebase(base.SnapshotStrategy):
                    '(shallow block copy, transient job, the domain stays '
                    'persistent), end the job in sync, flatten the overlay.')
     guest_state = base.GUEST_LIVE
+    #: snapdriver_point_in_time of its images (see snapdriver.provenance).
+    point_in_time_is = 'end of the block copy job, with the mirror in sync'
 
     def unsupported_reason(self, request):
         reason = checks.first(checks.file_disk(request),
