@@ -13,6 +13,7 @@
 """guest_state.held(): the guest always comes back (logic only)."""
 
 import os
+import time
 import types
 from unittest import mock
 
@@ -84,7 +85,8 @@ class HeldTestCase(base.BaseTestCase):
         # Only guest_state's view of the clock; time.monotonic stays real.
         self.useFixture(fixtures.MockPatch(
             'snapdriver.guest_state.time',
-            new=types.SimpleNamespace(monotonic=lambda: clock[0])))
+            new=types.SimpleNamespace(monotonic=lambda: clock[0],
+                                      time=time.time)))
         with self._hold(_SlowPower()) as record:
             clock[0] += 2.0
         # The managed save (1 s), the capture (2 s) and the restore.
