@@ -58,6 +58,18 @@ NAME_PREFIX = 'snapdriver-'
 KNOWN_FORMATS = ('raw', 'qcow2')
 
 
+def _command(args):
+    """Return the argument list that runs ``qemu-img args`` in the C locale.
+
+    NOTE: as Nova does (``env LC_ALL=C LANG=C qemu-img ...``), the locale is
+    set through ``env`` rather than processutils' ``env_variables``, which
+    replaces the whole environment: qemu-img would then be looked up in
+    ``/bin:/usr/bin`` only, ignoring the service's PATH, and TMPDIR and
+    proxy settings would be dropped.
+    """
+    return ['env', 'LC_ALL=C', 'LANG=C', QEMU_IMG] + [str(a) for a in args]
+
+
 def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
     """Run one qemu-img command.
 
@@ -67,16 +79,19 @@ def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
     :param timeout: seconds before the process is killed, or ``None``.
     :param prlimit: a :class:`processutils.ProcessLimits`, or ``None``.
     :returns: ``(stdout, stderr)``.
+
+    qemu-img runs with the service's environment (found through its PATH),
+    with ``LC_ALL`` and ``LANG`` set to ``C`` so its messages can be
+    parsed.
     :raises: :class:`exception.QemuImgTimeout` on timeout,
         :class:`exception.QemuImgFailed` on a non-zero exit or a signal.
     """
     procs = []
-    cmd = [QEMU_IMG] + [str(a) for a in args]
+    cmd = _command(args)
     try:
         return processutils.execute(
             *cmd, timeout=timeout, prlimit=prlimit,
-            on_execute=procs.append,
-            env_variables={'LC_ALL': 'C', 'LANG': 'C'})
+            on_execute=procs.append)
     except processutils.ProcessExecutionError as e:
         if e.exit_code is not None and e.exit_code < 0:
             reason = 'killed by signal %s' % signal.Signals(
@@ -320,7 +335,7 @@ def compare(a, a_fmt, b, b_fmt, strict=False):
         args.append('-s')
     args += ['--', a, b]
     try:
-        processutils.execute(QEMU_IMG, *args, check_exit_code=[0])
+        processutils.execute(*_command(args), check_exit_code=[0])
         return True
     except processutils.ProcessExecutionError as e:
         if e.exit_code == 1:

@@ -65,8 +65,8 @@ INSTALLED = (INTERNAL, DIRECT, LIVE, 'stock')
 # Run as the child process of KilledComputeTestCase.
 _MODULE = 'snapdriver.tests.functional.test_faults'
 
-# The wrapper runs as its own process with the environment processutils
-# gives it (LC_ALL and LANG only, no PATH): every path in it is absolute.
+# The wrapper runs as its own process; every path in it is absolute, so it
+# does not depend on the PATH qemu-img is run with.
 _WRAPPER = """#!%(python)s
 import json
 import os

@@ -60,6 +60,37 @@ class QemuImgTestCase(base.BaseTestCase):
         self.useFixture(fixtures.MonkeyPatch(
             'snapdriver.qemu_img.QEMU_IMG', path))
 
+    def test_runs_with_the_service_environment(self):
+        # A qemu-img found only through PATH (as one in /usr/local/bin, or
+        # the operator's own), run with the locale forced to C and the
+        # rest of the service's environment (PATH, TMPDIR, proxies) kept.
+        bindir = self._path('bin')
+        os.mkdir(bindir)
+        seen = self._path('env.seen')
+        wrapper = os.path.join(bindir, 'qemu-img')
+        with open(wrapper, 'w') as f:
+            f.write('#!/bin/sh\nenv > %s\nexec %s "$@"\n'
+                    % (seen, shutil.which('qemu-img')))
+        os.chmod(wrapper, stat.S_IRWXU)
+        self.useFixture(fixtures.EnvironmentVariable(
+            'PATH', bindir + os.pathsep + os.environ.get('PATH', '')))
+        self.useFixture(fixtures.EnvironmentVariable(
+            'SNAPDRIVER_TEST_MARKER', 'kept'))
+        self.useFixture(fixtures.EnvironmentVariable('LC_ALL', 'fr_FR.UTF-8'))
+
+        info = qemu_img.info(self.overlay, 'qcow2')
+
+        self.assertEqual(4 * units.Mi, info.virtual_size)
+        self.assertTrue(os.path.exists(seen),
+                        'the qemu-img found through PATH did not run')
+        with open(seen) as f:
+            env = dict(line.split('=', 1) for line in f.read().splitlines()
+                       if '=' in line)
+        self.assertEqual('C', env['LC_ALL'])
+        self.assertEqual('C', env['LANG'])
+        self.assertEqual('kept', env['SNAPDRIVER_TEST_MARKER'])
+        self.assertTrue(env['PATH'].startswith(bindir + os.pathsep))
+
     def test_info_reports_size_and_backing(self):
         info = qemu_img.info(self.overlay, 'qcow2')
         self.assertEqual(4 * units.Mi, info.virtual_size)
