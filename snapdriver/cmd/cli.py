@@ -437,12 +437,22 @@ def _human_size(nbytes):
         nbytes /= 1024.0
 
 
+def _current_umask():
+    # NOTE: os.umask() is the only way to read it; set it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _place_output(src, dest):
     """Move the image out of the work dir before the runner removes it.
 
     Written under a temporary name in the destination directory, then
-    renamed, so OUTPUT never holds half an image.
+    renamed, so OUTPUT never holds half an image. Its mode is what the
+    user's umask gives a new file (0644 under the usual 022, 0600 under
+    077): the image holds the guest's data.
     """
+    mode = 0o666 & ~_current_umask()
     fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(dest),
                                dir=os.path.dirname(dest))
     os.close(fd)
@@ -451,7 +461,7 @@ def _place_output(src, dest):
             os.rename(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
