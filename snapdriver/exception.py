@@ -96,3 +96,11 @@ class QuiesceRequired(SnapdriverException):
     msg_fmt = _("The image of instance %(instance)s sets os_require_quiesce "
                 "but the guest cannot be quiesced: %(reason)s. The guest was "
                 "not changed; make sure qemu-guest-agent runs in the guest.")
+
+
+class GuestStoppedDuringSnapshot(SnapdriverException):
+    msg_fmt = _("The guest of instance %(instance)s stopped during its "
+                "%(strategy)s snapshot (shut down from inside, or destroyed "
+                "from outside): %(reason)s. The snapshot was abandoned and "
+                "the guest left shut off as it is; start it again and "
+                "retry.")

@@ -262,7 +262,8 @@ def captured(request, strategy, power, progress=None, image_id=None):
     and so the image, is removed when the ``with`` block ends.
 
     :raises: ``nova.exception.InstanceNotFound`` when the domain vanishes
-        mid-way; the typed errors of :mod:`snapdriver.exception`.
+        mid-way; :class:`exception.GuestStoppedDuringSnapshot` when it
+        stops; the typed errors of :mod:`snapdriver.exception`.
     """
     run = SnapshotRun(request, strategy, progress)
     if strategy.guest_state == base.GUEST_LIVE:
@@ -301,19 +302,22 @@ def captured(request, strategy, power, progress=None, image_id=None):
                          instance=request.instance)
                 raise nova_exception.InstanceNotFound(
                     instance_id=request.label)
-            # NOTE: a domain destroyed from outside during a live snapshot
-            # stays defined; libvirt then answers block job calls with
-            # VIR_ERR_OPERATION_INVALID ("domain is not running"). Say so
-            # with the type Nova's compute manager expects for it (it
-            # handles InstanceNotRunning like InstanceNotFound) instead of
-            # a bare libvirtError.
+            # NOTE: a guest that shuts down, or is destroyed from outside,
+            # during a snapshot stays defined; libvirt then answers with
+            # VIR_ERR_OPERATION_INVALID ("domain is not running"). Not
+            # InstanceNotRunning: Nova's compute manager takes that for a
+            # deleted instance, records no fault and leaves the task state
+            # set, so the server would stay stuck in image_pending_upload.
+            # A typed error of ours is reverted and recorded like any
+            # failure; InstanceNotFound stays for a domain really gone.
             if (ex.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
                     and not _still_active(request)):
                 LOG.info('Domain %(name)s stopped during its snapshot: '
                          '%(ex)s', {'name': request.name, 'ex': ex},
                          instance=request.instance)
-                raise nova_exception.InstanceNotRunning(
-                    instance_id=request.label)
+                raise exception.GuestStoppedDuringSnapshot(
+                    instance=request.label, strategy=strategy.name,
+                    reason=ex)
             raise
         with run.phase('check-output'):
             check_output(out_path, request.image_format, image_id)

@@ -492,8 +492,9 @@ class BlockJobFaultTestCase(FaultTestCase):
         domain = self.make_domain('running')
         watcher = self.watch(domain, lambda dom: dom.destroy())
 
-        self.snapshot_fails(domain, nova_exception.InstanceNotRunning,
-                            domain.uuid)
+        self.snapshot_fails(domain, exception.GuestStoppedDuringSnapshot,
+                            domain.uuid, 'stopped during its live-shallow-'
+                            'rebase snapshot')
 
         self.assertIsNone(watcher.error)
         # Stopped from outside: it stays stopped (and defined), nothing of

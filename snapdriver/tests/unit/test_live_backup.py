@@ -305,7 +305,7 @@ class JobTestCase(base.BaseTestCase):
 
     @mock.patch.object(live_backup.qemu_img, 'create')
     def test_stopped_domain_error_reaches_the_runner(self, create):
-        # The runner turns it into InstanceNotRunning for Nova.
+        # The runner turns it into GuestStoppedDuringSnapshot for Nova.
         dom = FakeDomain([RUNNING])
         dom.active = False
         request = _request(dom)
