@@ -272,17 +272,19 @@ def captured(request, strategy, power, progress=None, image_id=None):
     # NOTE: as the stock driver does, create the snapshots directory on a
     # new host before its free space is measured.
     fileutils.ensure_tree(request.snapshots_directory)
-    with run.phase('preflight'):
-        needed = check_space(request, strategy)
-    LOG.debug('Snapshot needs %d MiB in %s', needed // units.Mi,
-              request.snapshots_directory, instance=request.instance)
-    # Jobs of an interrupted snapshot first, then the files they wrote.
+    # Jobs of an interrupted snapshot first, then the files they wrote;
+    # both before the free space is measured, which those files would
+    # otherwise take, failing every retry.
     for item in strategy.clean_leftovers(request):
         LOG.warning('Cleaned up %s', item, instance=request.instance)
     for path in clean_stale_workdirs(request.snapshots_directory,
                                      request.uuid):
         LOG.warning('Removed work directory %s left by an interrupted '
                     'snapshot', path, instance=request.instance)
+    with run.phase('preflight'):
+        needed = check_space(request, strategy)
+    LOG.debug('Snapshot needs %d MiB in %s', needed // units.Mi,
+              request.snapshots_directory, instance=request.instance)
 
     with workdir(request, strategy) as wd:
         out_path = os.path.join(wd, 'image.%s' % request.image_format)

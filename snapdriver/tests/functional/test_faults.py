@@ -49,6 +49,7 @@ from snapdriver import conf
 from snapdriver import driver
 from snapdriver import exception
 from snapdriver import qemu_img
+from snapdriver import request as snap_request
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
 
@@ -386,6 +387,76 @@ class SmallFilesystemTestCase(FaultTestCase):
         self.snapshot(domain, image_id='image-2')
         self.assert_image_equals_disk('image-2', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
+
+
+class StaleWorkdirSpaceTestCase(FaultTestCase):
+    """A stale work directory of the instance fills the snapshots
+    filesystem: it is removed before the free space is measured.
+    """
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('mounting a tmpfs needs root')
+        small = os.path.join(self.workdir, 'small')
+        os.mkdir(small, 0o711)
+        real._execute('mount', '-t', 'tmpfs', '-o', 'size=16m,mode=0711',
+                      'snapdriver-test', small)
+        self.addCleanup(real._execute, 'umount', '-l', small)
+        self.snapshots_directory = small
+        self.flags(snapshots_directory=small, group='libvirt')
+        self.flags(free_space_margin_mb=0, strategies=[DIRECT],
+                   group='snapdriver')
+
+    def test_stale_workdir_removed_before_the_space_check(self):
+        domain = self.make_domain('shutoff')
+        # What a killed snapshot of this instance left: 15 of 16 MiB.
+        stale = os.path.join(self.snapshots_directory, '%s%s-stale' % (
+            qemu_img.NAME_PREFIX, domain.uuid))
+        os.mkdir(stale, 0o700)
+        with open(os.path.join(stale, 'image.qcow2'), 'wb') as f:
+            f.write(b'\xa5' * 15 * units.Mi)
+
+        self.snapshot(domain)
+
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'shutoff')
+        self.assert_logged(domain, 'Removed work directory %s' % stale)
+
+
+class _StopsAfterTheFacts(object):
+    """snapdriver.request.build, then the guest shuts itself down (seen
+    from another libvirt connection) before anything else happens.
+    """
+
+    def __init__(self, uuid):
+        self.uuid = uuid
+        self.real_build = snap_request.build
+
+    def __call__(self, *args, **kwargs):
+        request = self.real_build(*args, **kwargs)
+        conn = libvirt.open(real.LIBVIRT_URI)
+        try:
+            conn.lookupByUUIDString(self.uuid).destroy()
+        finally:
+            conn.close()
+        return request
+
+
+class GuestStopsBeforeTheSaveTestCase(FaultTestCase):
+
+    def test_guest_stopped_before_the_managed_save_stays_off(self):
+        self.flags(strategies=[DIRECT], group='snapdriver')
+        domain = self.make_domain('running')
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.request.build', _StopsAfterTheFacts(domain.uuid)))
+
+        self.snapshot_fails(domain, exception.GuestStoppedDuringSnapshot,
+                            domain.uuid)
+
+        # Nobody but the guest decided it should be off: the restore must
+        # not boot it.
+        self.assert_guest_intact(domain, 'shutoff')
 
 
 class _DeletedDuringSnapshot(base.FakeImageService):
