@@ -120,7 +120,11 @@ def held(request, needed, power, record=None):
         power.suspend()
     except BaseException:
         with excutils.save_and_reraise_exception():
-            if not _is_active(request):
+            # NOTE: restore only what the managed save stopped (a domain
+            # killed during the save keeps its managed-save image). A guest
+            # that shut itself down after the facts were gathered has no
+            # image, and the restore would boot it.
+            if not _is_active(request) and _has_managed_save(request):
                 _restore(request, power, paused, record)
     try:
         yield record
@@ -135,6 +139,14 @@ def _is_active(request):
     try:
         return bool(request.guest.is_active())
     except Exception:
+        return True
+
+
+def _has_managed_save(request):
+    try:
+        return bool(request.guest._domain.hasManagedSaveImage(0))
+    except Exception:
+        # Cannot tell: try the restore, which logs what it could not do.
         return True
 
 
