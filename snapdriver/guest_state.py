@@ -54,8 +54,10 @@ class NovaPowerControl(object):
 
     Uses the driver's own ``suspend()`` (which detaches PCI devices,
     direct-passthrough ports and mediated devices before the managed save)
-    and the stock driver's resume-after-snapshot path, which re-attaches
-    them.
+    and the stock driver's resume-after-snapshot path
+    (``_resume_guest_after_snapshot``), which re-attaches the PCI devices
+    and direct-passthrough ports only: as after the stock driver's cold
+    snapshot, mediated devices (vGPUs) are not re-attached (Nova 34).
     """
 
     def __init__(self, driver, context, instance, guest):
