@@ -88,6 +88,36 @@ class SnapshotRun(object):
         }
 
 
+def detect_formats(path):
+    """Return the format inspectors whose format ``path`` holds.
+
+    Like ``format_inspector.detect_file_format``, but a file matching
+    several formats is returned as such instead of raising an untyped
+    ``ImageFormatError``: a hybrid ISO (isohybrid installers) holds both
+    GPT and ISO 9660 signatures, which are raw data to QEMU. Callers accept
+    formats of :data:`RAW_LIKE` together and refuse any other mix.
+
+    :returns: a non-empty list of inspectors (the raw one when nothing
+        specific matched).
+    """
+    with open(path, 'rb') as f:
+        wrapper = format_inspector.InspectWrapper(f)
+        try:
+            while wrapper.formats is None and wrapper.read(64 * units.Ki):
+                pass
+        finally:
+            wrapper.close()
+        return list(wrapper.formats or [])
+
+
+def _names(inspectors):
+    return ' and '.join(sorted(i.NAME for i in inspectors)) or 'raw'
+
+
+def _raw_like(inspectors):
+    return all(i.NAME in RAW_LIKE for i in inspectors)
+
+
 def check_source(request):
     """Refuse a root disk whose content does not match what libvirt says.
 
@@ -102,17 +132,18 @@ def check_source(request):
         raise exception.DiskFormatMismatch(
             path=path, declared=request.source_format,
             actual='unreadable (missing or no permission)')
-    inspector = format_inspector.detect_file_format(path)
-    actual = getattr(inspector, 'NAME', 'raw')
+    found = detect_formats(path)
+    actual = _names(found)
     declared = request.source_format
     if declared == 'raw':
-        if actual not in RAW_LIKE:
+        if not _raw_like(found):
             raise exception.DiskFormatMismatch(path=path, declared=declared,
                                                actual=actual)
         return
     if actual != declared:
         raise exception.DiskFormatMismatch(path=path, declared=declared,
                                            actual=actual)
+    inspector = found[0]
     # NOTE: an instance disk normally has a backing file (its image in
     # _base), which format_inspector's backing_file check refuses and logs
     # as a warning on every snapshot. Skip that one check when we can; the
@@ -153,11 +184,11 @@ def check_output(path, fmt, image_id=None):
 
     :raises: :class:`exception.UnsafeDiskImage`
     """
-    inspector = format_inspector.detect_file_format(path)
-    actual = getattr(inspector, 'NAME', 'raw')
+    found = detect_formats(path)
+    actual = _names(found)
     ident = image_id or path
     if fmt == 'raw':
-        if actual not in RAW_LIKE:
+        if not _raw_like(found):
             raise exception.UnsafeDiskImage(
                 image_id=ident,
                 reason='raw output holds a %s header; the guest may have '
@@ -166,6 +197,7 @@ def check_output(path, fmt, image_id=None):
     if actual != fmt:
         raise exception.UnsafeDiskImage(
             image_id=ident, reason='output is %s, not %s' % (actual, fmt))
+    inspector = found[0]
     try:
         inspector.safety_check()
     except (format_inspector.SafetyCheckFailed,

@@ -15,6 +15,7 @@
 import logging
 import os
 import shutil
+import struct
 from unittest import mock
 
 import fixtures
@@ -29,6 +30,24 @@ from snapdriver.tests.unit import fakes
 _XML = """<domain><devices><disk type='file' device='disk'>
 <source file='%s'/><target dev='vda'/>%s</disk></devices></domain>"""
 _BACKING = "<backingStore type='file'><source file='%s'/></backingStore>"
+
+
+def write_hybrid_iso_headers(path):
+    """Give a raw image the signatures of a hybrid ISO (isohybrid, as
+    distribution installers ship): a protective MBR for GPT and an ISO 9660
+    volume descriptor at 32 KiB.
+    """
+    mbr = bytearray(512)
+    # One partition entry: not bootable, start CHS 0/2/0, type 0xEE (GPT
+    # protective), end CHS ff/ff/ff, start LBA 1.
+    mbr[446:462] = struct.pack('<B3BB3BII', 0, 0, 2, 0, 0xEE, 0xFF, 0xFF,
+                               0xFF, 1, 8191)
+    mbr[510:512] = b'\x55\xaa'
+    descriptor = b'\x01CD001\x01'
+    with open(path, 'r+b') as f:
+        f.write(mbr)
+        f.seek(32 * units.Ki)
+        f.write(descriptor)
 
 
 class CheckSourceTestCase(base.BaseTestCase):
@@ -81,6 +100,31 @@ class CheckSourceTestCase(base.BaseTestCase):
                               runner.check_source,
                               self._request(self.disk, fmt='raw'))
         self.assertIn('declared raw', str(e))
+        self.assertIn('qcow2', str(e))
+
+    def test_raw_disk_holding_a_hybrid_iso_is_accepted(self):
+        # GPT and ISO 9660 at once: both are raw data to QEMU.
+        path = os.path.join(self.dir, 'hybrid.raw')
+        qemu_img.create(path, 'raw', 4 * units.Mi)
+        write_hybrid_iso_headers(path)
+        runner.check_source(self._request(path, fmt='raw'))
+
+    def test_raw_output_holding_a_hybrid_iso_is_accepted(self):
+        path = os.path.join(self.dir, 'hybrid.raw')
+        qemu_img.create(path, 'raw', 4 * units.Mi)
+        write_hybrid_iso_headers(path)
+        runner.check_output(path, 'raw')
+
+    def test_qcow2_that_is_also_an_iso_is_refused_with_a_typed_error(self):
+        # An ISO 9660 descriptor in the qcow2 file's unused header space.
+        with open(self.disk, 'r+b') as f:
+            f.seek(32 * units.Ki)
+            f.write(b'\x01CD001\x01')
+        e = self.assertRaises(
+            exception.DiskFormatMismatch, runner.check_source,
+            self._request(self.disk, xml_backing=self.base,
+                          backing=self.base))
+        self.assertIn('iso', str(e))
         self.assertIn('qcow2', str(e))
 
     def test_output_with_a_backing_file_is_refused(self):
