@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import libvirt
+from nova.compute import utils as compute_utils
 from nova import exception as nova_exception
 from oslo_log import log as logging
 from oslo_utils import fileutils
@@ -325,10 +326,17 @@ def captured(request, strategy, power, progress=None, image_id=None):
                   'state': request.power_state_name},
                  instance=request.instance)
         try:
-            with guest_state.held(request, strategy.guest_state, power,
-                                  run.guest):
-                with run.phase('capture'):
-                    strategy.capture(request, out_path, run)
+            # NOTE: every data copy (block job, backup job, qemu-img
+            # convert or rebase) runs within Nova's [compute]
+            # max_concurrent_disk_ops, as the stock driver's conversions
+            # do. Taken before a cold strategy stops the guest, so waiting
+            # for it is never downtime. Looked up at each snapshot: the
+            # compute manager replaces it at start.
+            with compute_utils.disk_ops_semaphore:
+                with guest_state.held(request, strategy.guest_state, power,
+                                      run.guest):
+                    with run.phase('capture'):
+                        strategy.capture(request, out_path, run)
         except libvirt.libvirtError as ex:
             if ex.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 LOG.info('Domain %(name)s disappeared during its snapshot: '

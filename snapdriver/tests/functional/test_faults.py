@@ -40,6 +40,7 @@ import fixtures
 import libvirt
 from nova import exception as nova_exception
 from nova.virt import fake as fake_virt
+from oslo_concurrency import processutils
 from oslo_config import cfg
 from oslo_utils import units
 import testscenarios
@@ -457,6 +458,100 @@ class GuestStopsBeforeTheSaveTestCase(FaultTestCase):
         # Nobody but the guest decided it should be off: the restore must
         # not boot it.
         self.assert_guest_intact(domain, 'shutoff')
+
+
+class _RecordingSemaphore(object):
+    """Nova's disk_ops_semaphore ([compute] max_concurrent_disk_ops = 1)
+    that knows whether it is held.
+    """
+
+    def __init__(self):
+        self._sem = threading.Semaphore(1)
+        self.holders = 0
+
+    def __enter__(self):
+        self._sem.acquire()
+        self.holders += 1
+
+    def __exit__(self, *exc):
+        self.holders -= 1
+        self._sem.release()
+
+
+class _RecordingImageService(base.FakeImageService):
+
+    def __init__(self, directory, semaphore, record):
+        super().__init__(directory)
+        self.semaphore = semaphore
+        self.record = record
+
+    def update(self, context, image_id, metadata, data=None, **kwargs):
+        if data is not None:
+            self.record.append(('upload', self.semaphore.holders))
+        return super().update(context, image_id, metadata, data, **kwargs)
+
+
+class DiskOpsSemaphoreTestCase(FaultTestCase):
+    """Every data copy holds Nova's compute_utils.disk_ops_semaphore, as
+    the stock driver's conversions and upload do.
+    """
+
+    scenarios = [
+        ('live-convert', {'strategy': LIVE, 'state': 'running',
+                          'fmt': 'raw', 'flatten': 'convert'}),
+        ('live-in-place', {'strategy': LIVE, 'state': 'running',
+                           'fmt': 'qcow2', 'flatten': 'in-place'}),
+        ('backup', {'strategy': BACKUP, 'state': 'running', 'fmt': 'raw',
+                    'flatten': 'auto'}),
+        ('direct', {'strategy': DIRECT, 'state': 'paused', 'fmt': 'qcow2',
+                    'flatten': 'auto'}),
+        ('internal', {'strategy': INTERNAL, 'state': 'shutoff',
+                      'fmt': 'qcow2', 'flatten': 'auto'}),
+    ]
+
+    def test_every_copy_holds_the_semaphore(self):
+        self.flags(strategies=[self.strategy], live_flatten=self.flatten,
+                   group='snapdriver')
+        self.flags(snapshot_image_format=self.fmt, group='libvirt')
+        domain = self.make_domain(self.state)
+        semaphore = _RecordingSemaphore()
+        record = []
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.compute.utils.disk_ops_semaphore', semaphore))
+        self.images = _RecordingImageService(self.uploads_directory,
+                                             semaphore, record)
+        self.driver._image_api = self.images
+        real_execute = processutils.execute
+
+        def execute(*cmd, **kwargs):
+            copies = [a for a in ('convert', 'rebase') if a in cmd]
+            if copies:
+                record.append(('qemu-img ' + copies[0], semaphore.holders))
+            return real_execute(*cmd, **kwargs)
+
+        def job(name, real_call):
+            def call(dom, *args, **kwargs):
+                record.append((name, semaphore.holders))
+                return real_call(dom, *args, **kwargs)
+            return call
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'oslo_concurrency.processutils.execute', execute))
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.blockCopy',
+            job('blockCopy', libvirt.virDomain.blockCopy)))
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.backupBegin',
+            job('backupBegin', libvirt.virDomain.backupBegin)))
+
+        self.snapshot(domain)
+
+        self.assert_image_equals_disk('image-1', self.fmt, domain)
+        self.assertIn(('upload', 1), record)
+        copies = [name for name, _held in record if name != 'upload']
+        self.assertNotEqual([], copies)
+        self.assertEqual([(name, 1) for name, _held in record], record)
+        self.assertEqual(0, semaphore.holders)
 
 
 class _DeletedDuringSnapshot(base.FakeImageService):
