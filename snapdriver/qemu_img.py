@@ -29,8 +29,10 @@ Rules kept by every function here:
 """
 
 import json
+import os
 import signal
 
+from nova.privsep import utils as nova_privsep_utils
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import imageutils
@@ -174,6 +176,20 @@ def create(path, fmt, size, backing_file=None, backing_fmt=None):
     _run('create', path, args)
 
 
+def _convert_cache_mode(dest):
+    """Return the ``-t`` of a convert to ``dest``: ``[snapdriver]
+    convert_cache_mode``, with ``none`` turned into ``writeback`` where the
+    filesystem has no direct I/O, as Nova does.
+    """
+    mode = CONF.snapdriver.convert_cache_mode
+    if mode == 'none' and not nova_privsep_utils.supports_direct_io(
+            os.path.dirname(os.path.abspath(dest))):
+        LOG.debug('No direct I/O in the directory of %s: converting with '
+                  'cache mode writeback', dest)
+        mode = 'writeback'
+    return mode
+
+
 def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
             compress=False, timeout=None):
     """Copy an image, or one of its internal snapshots, to a new file.
@@ -191,11 +207,15 @@ def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
         ``[snapdriver] qemu_img_timeout``.
     :raises: :class:`exception.QemuImgFailed`,
         :class:`exception.QemuImgTimeout`
+
+    The output is written with the cache mode of ``[snapdriver]
+    convert_cache_mode`` (``-t``).
     """
     args = ['convert', '-f', _check_format(src_fmt),
             '-O', _check_format(dest_fmt)]
     if snapshot_name:
         args += ['-l', 'snapshot.name=%s' % snapshot_name]
+    args += ['-t', _convert_cache_mode(dest)]
     if compress and dest_fmt == 'qcow2':
         args.append('-c')
     else:

@@ -91,6 +91,42 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertEqual('kept', env['SNAPDRIVER_TEST_MARKER'])
         self.assertTrue(env['PATH'].startswith(bindir + os.pathsep))
 
+    def _convert_cache_mode(self, mode=None):
+        """Convert with ``[snapdriver] convert_cache_mode = mode``; return
+        the ``-t`` value qemu-img got.
+        """
+        if mode is not None:
+            CONF.set_override('convert_cache_mode', mode, group='snapdriver')
+            self.addCleanup(CONF.clear_override, 'convert_cache_mode',
+                            group='snapdriver')
+        argv = self._path('argv')
+        self._fake_qemu_img('echo "$@" > %s; exec %s "$@"'
+                            % (argv, shutil.which('qemu-img')))
+        out = self._path('out.qcow2')
+        qemu_img.convert(self.overlay, 'qcow2', out, 'qcow2')
+        with open(argv) as f:
+            words = f.read().split()
+        self.assertEqual(4 * units.Mi, qemu_img.info(out, 'qcow2').virtual_size)
+        self.assertIn('-t', words)
+        return words[words.index('-t') + 1]
+
+    def test_convert_cache_mode_default_is_unsafe(self):
+        self.assertEqual('unsafe', self._convert_cache_mode())
+
+    def test_convert_cache_mode_writeback(self):
+        self.assertEqual('writeback', self._convert_cache_mode('writeback'))
+
+    def test_convert_cache_mode_none_uses_direct_io(self):
+        self.useFixture(fixtures.MockPatch(
+            'nova.privsep.utils.supports_direct_io', return_value=True))
+        self.assertEqual('none', self._convert_cache_mode('none'))
+
+    def test_convert_cache_mode_none_without_direct_io_is_writeback(self):
+        # As Nova does where the filesystem refuses O_DIRECT (tmpfs).
+        self.useFixture(fixtures.MockPatch(
+            'nova.privsep.utils.supports_direct_io', return_value=False))
+        self.assertEqual('writeback', self._convert_cache_mode('none'))
+
     def test_info_reports_size_and_backing(self):
         info = qemu_img.info(self.overlay, 'qcow2')
         self.assertEqual(4 * units.Mi, info.virtual_size)
