@@ -58,49 +58,70 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
     def _clean_snapshot_leftovers(self):
         """Clean what snapshots killed with nova-compute left behind.
 
-        No snapshot runs while the service starts: every installed
-        strategy gets to end the jobs of its own left on running domains
-        (block copies, backups onto our work files), then every work
-        directory of ours is removed.
+        Per domain, with its snapshot lock taken without waiting (a domain
+        whose lock is held has a snapshot running, of the ``snapdriver``
+        command, and is skipped): every installed strategy gets to end the
+        jobs of its own left on the running domain (block copies, backups
+        onto our work files), then the domain's work directories of this
+        host are removed. Work directories of other hosts, in a
+        ``snapshots_directory`` on shared storage, are left alone.
         """
+        snapdir = CONF.libvirt.snapshots_directory
         try:
             cleaners = strategies.Registry.load(
                 strategies.available_names()).strategies
-            guests = self._host.list_guests(only_running=True)
+            guests = {guest.uuid.lower(): guest
+                      for guest in self._host.list_guests(only_running=False)}
         except Exception:
             LOG.exception('Could not look for block jobs left by '
                           'interrupted snapshots')
-            cleaners = guests = []
-        for guest in guests:
+            return
+        for uuid in sorted(set(guests) | runner.workdir_uuids(snapdir)):
             try:
-                request = snap_request.build(guest, image_format='raw')
+                with runner.snapshot_lock(uuid, blocking=False):
+                    guest = guests.get(uuid)
+                    if guest is not None:
+                        self._clean_jobs(guest, cleaners)
+                    for path in runner.clean_stale_workdirs(
+                            snapdir, uuid, defined_here=guest is not None):
+                        LOG.warning('Removed work directory %s left by an '
+                                    'interrupted snapshot', path)
+            except lockutils.AcquireLockFailedException:
+                LOG.info('A snapshot of domain %s runs: its work is not a '
+                         'leftover', uuid)
             except Exception as e:
-                LOG.debug('Skipped leftover check of domain %(name)s: '
-                          '%(err)s', {'name': guest.name, 'err': e})
-                continue
-            for strategy in cleaners:
-                try:
-                    for item in strategy.clean_leftovers(request):
-                        LOG.warning('Cleaned up %(item)s of domain %(name)s '
-                                    'left by an interrupted snapshot',
-                                    {'item': item, 'name': guest.name})
-                except Exception as e:
-                    LOG.warning('Strategy %(strategy)s could not check '
-                                'domain %(name)s for leftovers: %(err)s',
-                                {'strategy': strategy.name,
-                                 'name': guest.name, 'err': e})
-        snapdir = CONF.libvirt.snapshots_directory
-        for path in runner.clean_stale_workdirs(snapdir):
-            LOG.warning('Removed work directory %s left by an interrupted '
-                        'snapshot', path)
+                LOG.warning('Could not clean the leftovers of domain '
+                            '%(uuid)s: %(err)s', {'uuid': uuid, 'err': e})
+
+    def _clean_jobs(self, guest, cleaners):
+        try:
+            if not guest.is_active():
+                return
+            request = snap_request.build(guest, image_format='raw')
+        except Exception as e:
+            LOG.debug('Skipped leftover check of domain %(name)s: '
+                      '%(err)s', {'name': guest.name, 'err': e})
+            return
+        for strategy in cleaners:
+            try:
+                for item in strategy.clean_leftovers(request):
+                    LOG.warning('Cleaned up %(item)s of domain %(name)s '
+                                'left by an interrupted snapshot',
+                                {'item': item, 'name': guest.name})
+            except Exception as e:
+                LOG.warning('Strategy %(strategy)s could not check '
+                            'domain %(name)s for leftovers: %(err)s',
+                            {'strategy': strategy.name,
+                             'name': guest.name, 'err': e})
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Snapshot the instance's root disk with the configured strategy.
 
-        Serialised per instance: two snapshots of one instance never run
-        two block jobs on one disk.
+        Serialised per instance, also with the ``snapdriver`` command
+        (:func:`runner.snapshot_lock`, an external lock): two snapshots of
+        one instance never run two block jobs on one disk.
         """
-        with lockutils.lock('snapdriver-snapshot-%s' % instance.uuid):
+        with runner.snapshot_lock(instance.uuid):
             return self._snapshot(context, instance, image_id,
                                   update_task_state)
 

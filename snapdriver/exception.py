@@ -104,3 +104,11 @@ class GuestStoppedDuringSnapshot(SnapdriverException):
                 "from outside): %(reason)s. The snapshot was abandoned and "
                 "the guest left shut off as it is; start it again and "
                 "retry.")
+
+
+class LockPathRequired(SnapdriverException):
+    msg_fmt = _("[oslo_concurrency] lock_path is not set, so the snapshot of "
+                "%(instance)s cannot take the lock that keeps nova-compute "
+                "and the snapdriver command from snapshotting one domain at "
+                "once. Set it in nova.conf to a directory on local storage, "
+                "the same for both.")

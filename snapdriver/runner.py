@@ -27,10 +27,12 @@ import time
 import libvirt
 from nova.compute import utils as compute_utils
 from nova import exception as nova_exception
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import fileutils
 from oslo_utils.imageutils import format_inspector
 from oslo_utils import units
+from oslo_utils import uuidutils
 
 from snapdriver import conf
 from snapdriver import exception
@@ -224,8 +226,57 @@ def check_space(request, strategy):
     return needed
 
 
+def host_label():
+    """This host's name as work directories carry it (``[DEFAULT] host``).
+
+    With ``[libvirt] snapshots_directory`` on shared storage (an
+    instances_path shared for live migration), the name tells this host's
+    work directories from the other hosts'.
+    """
+    return CONF.host.replace(os.sep, '_')
+
+
 def workdir_prefix(request):
-    return '%s%s-' % (qemu_img.NAME_PREFIX, request.uuid)
+    """``snapdriver-<domain uuid>-<host>-``: the random part follows."""
+    return '%s%s-%s-' % (qemu_img.NAME_PREFIX, request.uuid, host_label())
+
+
+def parse_workdir_name(name):
+    """Return ``(domain uuid, host)`` of a work directory name, or None.
+
+    The host is ``''`` for a work directory of snapdriver before host names
+    were added (``snapdriver-<uuid>-<random>``). The random part that
+    ``tempfile.mkdtemp`` adds never holds a dash.
+    """
+    if not name.startswith(qemu_img.NAME_PREFIX):
+        return None
+    rest = name[len(qemu_img.NAME_PREFIX):]
+    uuid, dash, tail = rest[:36], rest[36:37], rest[37:]
+    if not (uuidutils.is_uuid_like(uuid) and dash == '-' and tail):
+        return None
+    host, _sep, _random = tail.rpartition('-')
+    return uuid.lower(), host
+
+
+def snapshot_lock(uuid, blocking=True):
+    """The lock held for the whole snapshot of one domain on this host.
+
+    An external (file) lock in ``[oslo_concurrency] lock_path``, so that
+    nova-compute and the ``snapdriver`` command, which read the same
+    nova.conf, never run two snapshots of one domain at once, and neither
+    takes the other's running job or work directory for a leftover.
+
+    :param blocking: wait for the lock; else raise
+        ``oslo_concurrency.lockutils.AcquireLockFailedException`` at once
+        when it is held.
+    :raises: :class:`exception.LockPathRequired` when the option is unset.
+    """
+    lock_path = CONF.oslo_concurrency.lock_path
+    if not lock_path:
+        raise exception.LockPathRequired(instance=uuid)
+    return lockutils.lock('snapdriver-snapshot-%s' % uuid.lower(),
+                          external=True, lock_path=lock_path,
+                          blocking=blocking)
 
 
 @contextlib.contextmanager
@@ -260,20 +311,40 @@ def _grant_qemu_traverse(path, request):
         os.chmod(path, stat.S_IRWXU | stat.S_IXOTH)
 
 
-def clean_stale_workdirs(snapshots_directory, uuid=None):
-    """Remove work directories left by killed snapshots.
+def workdir_uuids(snapshots_directory):
+    """Return the domain uuids of this host's work directories."""
+    if not os.path.isdir(snapshots_directory):
+        return set()
+    found = set()
+    for entry in os.listdir(snapshots_directory):
+        parsed = parse_workdir_name(entry)
+        if parsed is not None and parsed[1] == host_label():
+            found.add(parsed[0])
+    return found
 
-    :param uuid: only those of this domain; ``None`` for all (safe only
-        when no snapshot runs, as at service start).
+
+def clean_stale_workdirs(snapshots_directory, uuid, defined_here=True):
+    """Remove the work directories killed snapshots of a domain left.
+
+    Only this host's (:func:`host_label`): the others belong to snapshots
+    other hosts run on shared storage. Call it with :func:`snapshot_lock`
+    of the domain held.
+
+    :param uuid: the domain.
+    :param defined_here: the domain is defined on this host; then the work
+        directories of older snapdriver versions (no host in their name)
+        are its too.
     :returns: the removed paths.
     """
     removed = []
     if not os.path.isdir(snapshots_directory):
         return removed
-    prefix = qemu_img.NAME_PREFIX + (('%s-' % uuid) if uuid else '')
+    hosts = (host_label(), '') if defined_here else (host_label(),)
     for entry in sorted(os.listdir(snapshots_directory)):
         path = os.path.join(snapshots_directory, entry)
-        if entry.startswith(prefix) and os.path.isdir(path):
+        parsed = parse_workdir_name(entry)
+        if (parsed is not None and parsed[0] == uuid.lower() and
+                parsed[1] in hosts and os.path.isdir(path)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -292,7 +363,9 @@ def captured(request, strategy, power, progress=None, image_id=None):
 
     Everything that can fail without touching the guest is checked first
     (quiesce requirement, source disk, free space). The work directory,
-    and so the image, is removed when the ``with`` block ends.
+    and so the image, is removed when the ``with`` block ends. The caller
+    holds :func:`snapshot_lock` of the domain: the leftovers cleaned here
+    are then surely no running snapshot's.
 
     :raises: ``nova.exception.InstanceNotFound`` when the domain vanishes
         mid-way; :class:`exception.GuestStoppedDuringSnapshot` when it

@@ -32,6 +32,7 @@ import libvirt
 from nova.compute import power_state
 from nova import exception as nova_exception
 from nova.virt.libvirt import guest as libvirt_guest
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import units
@@ -501,13 +502,39 @@ def cmd_snapshot(args, out):
         CONF.set_override('snapshots_directory', workdir, group='libvirt')
         conn, guest = open_guest(args.domain)
         try:
-            return _snapshot(args, out, registry, guest, output, workdir)
+            with _snapshot_lock(guest):
+                return _snapshot(args, out, registry, guest, output,
+                                 workdir)
         finally:
             conn.close()
     finally:
         CONF.clear_override('snapshots_directory', group='libvirt')
         if ours:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _snapshot_lock(guest):
+    """Hold the domain's snapshot lock, the one nova-compute takes.
+
+    Waits, saying so, while another snapshot of the domain runs (a Nova
+    snapshot, or another run of this command): its job and work directory
+    are not leftovers.
+    """
+    held = contextlib.ExitStack()
+    try:
+        try:
+            held.enter_context(runner.snapshot_lock(guest.uuid,
+                                                    blocking=False))
+        except lockutils.AcquireLockFailedException:
+            sys.stderr.write('snapdriver: a snapshot of %s is running '
+                             '(nova-compute?); waiting for it to end\n'
+                             % guest.name)
+            held.enter_context(runner.snapshot_lock(guest.uuid))
+    except nova_exception.NovaException as e:
+        raise CliError(str(e))
+    with held:
+        yield
 
 
 def _snapshot(args, out, registry, guest, output, workdir):

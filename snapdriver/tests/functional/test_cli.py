@@ -73,9 +73,11 @@ class CliTestCase(base.BaseTestCase):
         with open(path, 'w') as f:
             f.write('[libvirt]\nconnection_uri = %s\nvirt_type = %s\n'
                     'snapshots_directory = %s\n'
+                    '[oslo_concurrency]\nlock_path = %s\n'
                     % (real.LIBVIRT_URI,
                        'kvm' if real.kvm_usable() else 'qemu',
-                       self.snapshots_directory))
+                       self.snapshots_directory,
+                       os.path.join(self.workdir, 'locks')))
             if strategies is not None:
                 f.write('[snapdriver]\nstrategies = %s\n'
                         % ','.join(strategies))

@@ -412,8 +412,8 @@ class StaleWorkdirSpaceTestCase(FaultTestCase):
     def test_stale_workdir_removed_before_the_space_check(self):
         domain = self.make_domain('shutoff')
         # What a killed snapshot of this instance left: 15 of 16 MiB.
-        stale = os.path.join(self.snapshots_directory, '%s%s-stale' % (
-            qemu_img.NAME_PREFIX, domain.uuid))
+        stale = os.path.join(self.snapshots_directory, '%s%s-%s-stale' % (
+            qemu_img.NAME_PREFIX, domain.uuid, CONF.host))
         os.mkdir(stale, 0o700)
         with open(os.path.join(stale, 'image.qcow2'), 'wb') as f:
             f.write(b'\xa5' * 15 * units.Mi)
@@ -704,6 +704,8 @@ def _snapshot_in_child(uuid, snapshots_directory, uploads_directory):
     CONF.set_override('virt_type', 'kvm' if real.kvm_usable() else 'qemu',
                       'libvirt')
     CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
+    CONF.set_override('lock_path', os.path.join(
+        os.path.dirname(snapshots_directory), 'locks'), 'oslo_concurrency')
     CONF.set_override('strategies', [LIVE], 'snapdriver')
     libvirt.virDomain.blockCopy = _slow_block_copy
     drv = driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(), False)
@@ -766,6 +768,99 @@ class KilledComputeTestCase(FaultTestCase):
             self.assert_logged(domain, 'Aborted a block copy job')
 
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')
+
+
+class SharedSnapshotsDirectoryTestCase(FaultTestCase):
+    """``[libvirt] snapshots_directory`` under an instances_path on shared
+    storage: work directories of other hosts' running snapshots are there.
+    """
+
+    def test_service_start_cleans_only_this_hosts_work(self):
+        domain = self.make_domain('running')
+        ours = os.path.join(self.snapshots_directory, '%s%s-%s-k1lled00' % (
+            qemu_img.NAME_PREFIX, domain.uuid, CONF.host))
+        # Another host snapshots an instance this host does not run, and
+        # one that is defined here too (migrated since).
+        theirs = [
+            os.path.join(self.snapshots_directory, '%s%s-%s-runn1ng0' % (
+                qemu_img.NAME_PREFIX, uuid, 'other-compute')) for uuid in
+            ('4f6c2d1e-9b8a-4c3d-8e7f-0a1b2c3d4e5f', domain.uuid)]
+        for path in [ours] + theirs:
+            os.mkdir(path, 0o700)
+            with open(os.path.join(path, 'image.qcow2'), 'wb') as f:
+                f.write(b'data')
+
+        self.driver._clean_snapshot_leftovers()
+
+        self.assertFalse(os.path.exists(ours))
+        for path in theirs:
+            self.assertTrue(os.path.exists(os.path.join(path,
+                                                        'image.qcow2')),
+                            '%s of another host was removed' % path)
+        self.assert_message('Removed work directory %s' % ours)
+
+
+class CommandDuringNovaSnapshotTestCase(FaultTestCase):
+    """``snapdriver snapshot`` of a domain whose Nova snapshot is running.
+
+    The command runs as its own process, as an operator would run it; it
+    must wait for the running snapshot instead of aborting its job as a
+    leftover.
+    """
+
+    def test_command_waits_for_the_running_snapshot(self):
+        self.flags(strategies=[LIVE], group='snapdriver')
+        self.slow_block_copy()
+        domain = self.make_domain('running')
+        errors = []
+
+        def nova_snapshot():
+            try:
+                self.snapshot(domain)
+            except Exception as e:
+                errors.append(e)
+
+        nova = threading.Thread(target=nova_snapshot)
+        nova.start()
+        self.addCleanup(nova.join, 120)
+        deadline = time.monotonic() + 60
+        while not domain.dom.blockJobInfo('vda', 0):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.02)
+
+        nova_conf = os.path.join(self.workdir, 'nova.conf')
+        with open(nova_conf, 'w') as f:
+            f.write('[DEFAULT]\nhost = %s\n[libvirt]\nconnection_uri = %s\n'
+                    'virt_type = %s\nsnapshots_directory = %s\n'
+                    '[oslo_concurrency]\nlock_path = %s\n'
+                    % (CONF.host, real.LIBVIRT_URI, CONF.libvirt.virt_type,
+                       self.snapshots_directory,
+                       CONF.oslo_concurrency.lock_path))
+        output = os.path.join(self.workdir, 'command.qcow2')
+        log = open(os.path.join(self.workdir, 'command.log'), 'w+')
+        self.addCleanup(log.close)
+        command = subprocess.Popen(
+            [sys.executable, '-m', 'snapdriver.cmd.cli', '--config-file',
+             nova_conf, 'snapshot', domain.name, output, '--strategy',
+             LIVE, '--format', 'qcow2'], stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: command.poll() is None and command.kill())
+
+        # Long enough for the command to load and reach the leftovers.
+        time.sleep(5)
+        self.assertIsNone(command.poll(), 'the command did not wait')
+        self.assertTrue(domain.dom.blockJobInfo('vda', 0),
+                        "the Nova snapshot's job was aborted")
+        # Let the Nova snapshot's mirror catch up: it ends, then the
+        # command takes its turn.
+        domain.dom.blockJobSetSpeed('vda', 0, 0)
+        nova.join(120)
+        self.assertEqual([], errors)
+        self.assertEqual(0, command.wait(120), log.seek(0) or log.read())
+
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assertTrue(real.images_equal(
+            output, 'qcow2', domain.images.reference_path, 'raw'))
         self.assert_guest_intact(domain, 'running')
 
 

@@ -106,7 +106,8 @@ class QemuImgTestCase(base.BaseTestCase):
         qemu_img.convert(self.overlay, 'qcow2', out, 'qcow2')
         with open(argv) as f:
             words = f.read().split()
-        self.assertEqual(4 * units.Mi, qemu_img.info(out, 'qcow2').virtual_size)
+        self.assertEqual(4 * units.Mi,
+                         qemu_img.info(out, 'qcow2').virtual_size)
         self.assertIn('-t', words)
         return words[words.index('-t') + 1]
 
