@@ -12,6 +12,7 @@
 
 """Tests of the live-backup strategy's rules, XML and job handling."""
 
+import os
 from unittest import mock
 from xml.etree import ElementTree
 
@@ -359,3 +360,36 @@ class JobTestCase(base.BaseTestCase):
             _request(image_format='raw')))
         self.assertEqual(20, self.strategy.space_needed(
             _request(compress=True)))
+
+
+class TargetReleaseTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        conf.CONF.set_override('block_job_poll_interval', 0.01,
+                               group='snapdriver')
+
+    @mock.patch.object(live_backup, 'RELEASE_WAIT', 0.05)
+    @mock.patch.object(live_backup, 'holds_file', return_value=True)
+    @mock.patch.object(live_backup, 'qemu_pid', return_value=4242)
+    def test_target_never_released_fails_the_snapshot(self, pid, holds):
+        e = self.assertRaises(exception.BlockJobFailed,
+                              live_backup.wait_target_released,
+                              _request(), '/snap/dir/backup.qcow2')
+        self.assertIn('still had the backup target /snap/dir/backup.qcow2',
+                      str(e))
+        holds.assert_called_with(4242, '/snap/dir/backup.qcow2')
+
+    @mock.patch.object(live_backup, 'holds_file',
+                       side_effect=[True, True, False])
+    @mock.patch.object(live_backup, 'qemu_pid', return_value=4242)
+    def test_waits_until_released(self, pid, holds):
+        live_backup.wait_target_released(_request(), '/snap/backup.qcow2')
+        self.assertEqual(3, holds.call_count)
+
+    def test_own_descriptors_are_seen(self):
+        # The check itself, on this process and a file it holds open.
+        with open(__file__) as f:
+            self.assertTrue(live_backup.holds_file(os.getpid(), f.name))
+        self.assertFalse(live_backup.holds_file(os.getpid(), __file__))
