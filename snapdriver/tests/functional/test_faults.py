@@ -39,6 +39,7 @@ import types
 import fixtures
 import libvirt
 from nova import exception as nova_exception
+import nova.privsep as nova_privsep
 from nova.virt import fake as fake_virt
 from oslo_concurrency import processutils
 from oslo_config import cfg
@@ -552,6 +553,42 @@ class DiskOpsSemaphoreTestCase(FaultTestCase):
         self.assertNotEqual([], copies)
         self.assertEqual([(name, 1) for name, _held in record], record)
         self.assertEqual(0, semaphore.holders)
+
+
+class NonRootComputeTestCase(FaultTestCase):
+    """nova-compute running as a user other than root (simulated: os.getuid
+    answers nobody's uid, privsep runs in-process as root).
+
+    Where libvirt cannot remember a file's owner (no user xattrs, as on
+    NFS, or remember_owner = 0) it gives a job's file back to root; here it
+    remembers it, so the test makes the overlay root's and nova-compute
+    "another user" instead. Either way nova-compute must own the overlay
+    it flattens in place and uploads.
+    """
+
+    def test_overlay_is_given_back_before_the_in_place_flatten(self):
+        self.flags(strategies=[LIVE], live_flatten='in-place',
+                   group='snapdriver')
+        domain = self.make_domain('running')
+        nova_uid = 65534
+        owners = []
+        real_rebase = qemu_img.rebase
+
+        def rebase(path, *args, **kwargs):
+            owners.append(os.stat(path).st_uid)
+            return real_rebase(path, *args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            nova_privsep.sys_admin_pctxt, 'client_mode', False))
+        self.useFixture(fixtures.MonkeyPatch('snapdriver.qemu_img.rebase',
+                                             rebase))
+        self.useFixture(fixtures.MonkeyPatch('os.getuid', lambda: nova_uid))
+
+        self.snapshot(domain)
+
+        self.assertEqual([nova_uid], owners)
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')
 
 
 class _DeletedDuringSnapshot(base.FakeImageService):
