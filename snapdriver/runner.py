@@ -425,8 +425,17 @@ def captured(request, strategy, power, progress=None, image_id=None):
             # set, so the server would stay stuck in image_pending_upload.
             # A typed error of ours is reverted and recorded like any
             # failure; InstanceNotFound stays for a domain really gone.
-            if (ex.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
-                    and not _still_active(request)):
+            # A live strategy's call in flight when the guest stops fails
+            # otherwise, e.g. VIR_ERR_SYSTEM_ERROR "Unable to read from
+            # monitor: Connection reset by peer": then any libvirt error of
+            # a guest that ran and no longer does is that stop. (A cold
+            # strategy stops the guest itself; held() has restored it by
+            # now, and a restore that failed must not be told as a stop.)
+            stopped = (ex.get_error_code() ==
+                       libvirt.VIR_ERR_OPERATION_INVALID or (
+                           strategy.guest_state == base.GUEST_LIVE and
+                           request.is_active))
+            if stopped and not _still_active(request):
                 LOG.info('Domain %(name)s stopped during its snapshot: '
                          '%(ex)s', {'name': request.name, 'ex': ex},
                          instance=request.instance)
