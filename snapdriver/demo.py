@@ -315,6 +315,10 @@ class Demo(object):
             ('snapshots_directory', snapshots, 'libvirt'),
             ('snapshot_image_format', self.fmt, 'libvirt'),
         ]
+        if not CONF.oslo_concurrency.lock_path:
+            # The driver's snapshot lock; the throwaway domain is ours.
+            overrides.append(('lock_path', os.path.join(
+                os.path.dirname(snapshots), 'locks'), 'oslo_concurrency'))
         helper = privsep_helper_command()
         if helper is not None and not CONF.nova_sys_admin.helper_command:
             overrides.append(('helper_command', helper, 'nova_sys_admin'))

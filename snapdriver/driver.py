@@ -65,75 +65,85 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
     def _clean_snapshot_leftovers(self):
         """Clean what snapshots killed with nova-compute left behind.
 
-        No snapshot runs while the service starts. In this order: the cold
-        strategies clean the disks of domains that do not run (internal
-        snapshots of ours), while a guest a killed cold snapshot left
-        managed-saved is still saved; then such guests are restored to the
-        state they had (:mod:`snapdriver.journal`); then the live
-        strategies end the jobs of their own left on running domains
-        (block copies, backups onto our work files); then every work
-        directory of ours is removed.
+        Per domain, with its snapshot lock taken without waiting (a domain
+        whose lock is held has a snapshot running, of the ``snapdriver``
+        command, and is skipped), in this order: the cold strategies clean
+        the disk of a domain that does not run (internal snapshots of
+        ours), also while a killed cold snapshot left it managed-saved;
+        then such a guest is restored to the state it had
+        (:mod:`snapdriver.journal`); then the live strategies end the jobs
+        of their own left on the running domain (block copies, backups
+        onto our work files); then the domain's work directories of this
+        host are removed. Work directories of other hosts, in a
+        ``snapshots_directory`` on shared storage, are left alone.
         """
+        snapdir = CONF.libvirt.snapshots_directory
         try:
             cleaners = strategies.Registry.load(
                 strategies.available_names()).strategies
+            guests = {guest.uuid.lower(): guest
+                      for guest in self._host.list_guests(only_running=False)}
+            conn = self._host.get_connection()
         except Exception:
-            LOG.exception('Could not load the snapshot strategies to look '
-                          'for leftovers of interrupted snapshots')
-            cleaners = []
-        self._clean_leftovers_of(
-            [c for c in cleaners if c.guest_state != base.GUEST_LIVE],
-            running=False)
-        try:
-            journal.recover(self._host.get_connection())
-        except Exception:
-            LOG.exception('Could not restore guests left managed-saved by '
-                          'interrupted snapshots')
-        self._clean_leftovers_of(
-            [c for c in cleaners if c.guest_state == base.GUEST_LIVE],
-            running=True)
-        snapdir = CONF.libvirt.snapshots_directory
-        for path in runner.clean_stale_workdirs(snapdir):
-            LOG.warning('Removed work directory %s left by an interrupted '
-                        'snapshot', path)
+            LOG.exception('Could not look for leftovers of interrupted '
+                          'snapshots')
+            return
+        cold = [c for c in cleaners if c.guest_state != base.GUEST_LIVE]
+        live = [c for c in cleaners if c.guest_state == base.GUEST_LIVE]
+        uuids = (set(guests) | runner.workdir_uuids(snapdir) |
+                 journal.uuids(snapdir))
+        for uuid in sorted(uuids):
+            try:
+                with runner.snapshot_lock(uuid, blocking=False):
+                    guest = guests.get(uuid)
+                    if guest is not None:
+                        self._clean_jobs(guest, cold, running=False)
+                    journal.recover(conn, snapdir, uuid=uuid)
+                    if guest is not None:
+                        self._clean_jobs(guest, live, running=True)
+                    for path in runner.clean_stale_workdirs(
+                            snapdir, uuid, defined_here=guest is not None):
+                        LOG.warning('Removed work directory %s left by an '
+                                    'interrupted snapshot', path)
+            except lockutils.AcquireLockFailedException:
+                LOG.info('A snapshot of domain %s runs: its work is not a '
+                         'leftover', uuid)
+            except Exception as e:
+                LOG.warning('Could not clean the leftovers of domain '
+                            '%(uuid)s: %(err)s', {'uuid': uuid, 'err': e})
 
-    def _clean_leftovers_of(self, cleaners, running):
-        """Run ``cleaners``' clean_leftovers on running or other domains."""
+    def _clean_jobs(self, guest, cleaners, running):
+        """Run ``cleaners``' clean_leftovers if the domain runs (or not)."""
         if not cleaners:
             return
         try:
-            guests = [g for g in self._host.list_guests(only_running=False)
-                      if bool(g.is_active()) == running]
-        except Exception:
-            LOG.exception('Could not list the domains to look for leftovers '
-                          'of interrupted snapshots')
+            if bool(guest.is_active()) != running:
+                return
+            request = snap_request.build(guest, image_format='raw')
+        except Exception as e:
+            LOG.debug('Skipped leftover check of domain %(name)s: '
+                      '%(err)s', {'name': guest.name, 'err': e})
             return
-        for guest in guests:
+        for strategy in cleaners:
             try:
-                request = snap_request.build(guest, image_format='raw')
+                for item in strategy.clean_leftovers(request):
+                    LOG.warning('Cleaned up %(item)s of domain %(name)s '
+                                'left by an interrupted snapshot',
+                                {'item': item, 'name': guest.name})
             except Exception as e:
-                LOG.debug('Skipped leftover check of domain %(name)s: '
-                          '%(err)s', {'name': guest.name, 'err': e})
-                continue
-            for strategy in cleaners:
-                try:
-                    for item in strategy.clean_leftovers(request):
-                        LOG.warning('Cleaned up %(item)s of domain %(name)s '
-                                    'left by an interrupted snapshot',
-                                    {'item': item, 'name': guest.name})
-                except Exception as e:
-                    LOG.warning('Strategy %(strategy)s could not check '
-                                'domain %(name)s for leftovers: %(err)s',
-                                {'strategy': strategy.name,
-                                 'name': guest.name, 'err': e})
+                LOG.warning('Strategy %(strategy)s could not check '
+                            'domain %(name)s for leftovers: %(err)s',
+                            {'strategy': strategy.name,
+                             'name': guest.name, 'err': e})
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Snapshot the instance's root disk with the configured strategy.
 
-        Serialised per instance: two snapshots of one instance never run
-        two block jobs on one disk.
+        Serialised per instance, also with the ``snapdriver`` command
+        (:func:`runner.snapshot_lock`, an external lock): two snapshots of
+        one instance never run two block jobs on one disk.
         """
-        with lockutils.lock('snapdriver-snapshot-%s' % instance.uuid):
+        with runner.snapshot_lock(instance.uuid):
             return self._snapshot(context, instance, image_id,
                                   update_task_state)
 

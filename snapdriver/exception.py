@@ -111,3 +111,19 @@ class SnapshotStrategyNotAllowed(exception.Invalid):
                 "flavor may only narrow and reorder [snapdriver] "
                 "strategies; the image may only narrow what the flavor "
                 "leaves.")
+
+
+class GuestStoppedDuringSnapshot(SnapdriverException):
+    msg_fmt = _("The guest of instance %(instance)s stopped during its "
+                "%(strategy)s snapshot (shut down from inside, or destroyed "
+                "from outside): %(reason)s. The snapshot was abandoned and "
+                "the guest left shut off as it is; start it again and "
+                "retry.")
+
+
+class LockPathRequired(SnapdriverException):
+    msg_fmt = _("[oslo_concurrency] lock_path is not set, so the snapshot of "
+                "%(instance)s cannot take the lock that keeps nova-compute "
+                "and the snapdriver command from snapshotting one domain at "
+                "once. Set it in nova.conf to a directory on local storage, "
+                "the same for both.")

@@ -55,8 +55,10 @@ class NovaPowerControl(object):
 
     Uses the driver's own ``suspend()`` (which detaches PCI devices,
     direct-passthrough ports and mediated devices before the managed save)
-    and the stock driver's resume-after-snapshot path, which re-attaches
-    them.
+    and the stock driver's resume-after-snapshot path
+    (``_resume_guest_after_snapshot``), which re-attaches the PCI devices
+    and direct-passthrough ports only: as after the stock driver's cold
+    snapshot, mediated devices (vGPUs) are not re-attached (Nova 34).
     """
 
     def __init__(self, driver, context, instance, guest):
@@ -129,7 +131,12 @@ def held(request, needed, power, record=None):
             power.suspend()
         except BaseException:
             with excutils.save_and_reraise_exception():
-                if not _is_active(request):
+                # NOTE: restore only what the managed save stopped (a
+                # domain killed during the save keeps its managed-save
+                # image). A guest that shut itself down after the facts
+                # were gathered has no image, and the restore would boot
+                # it.
+                if not _is_active(request) and _has_managed_save(request):
                     _restore(request, power, paused, record)
         record.saved_wall = time.time()
         try:
@@ -145,6 +152,14 @@ def _is_active(request):
     try:
         return bool(request.guest.is_active())
     except Exception:
+        return True
+
+
+def _has_managed_save(request):
+    try:
+        return bool(request.guest._domain.hasManagedSaveImage(0))
+    except Exception:
+        # Cannot tell: try the restore, which logs what it could not do.
         return True
 
 

@@ -145,12 +145,33 @@ def _is_active(guest):
         return False
 
 
+def _tmp_writer_alive(path):
+    try:
+        with open(path) as f:
+            return _writer_alive(json.load(f))
+    except (OSError, ValueError):
+        # Not even a whole entry: its writer died mid-write, or is writing
+        # it now; the latter renames it within microseconds.
+        return False
+
+
 def _writer_alive(entry):
     pid = entry.get('pid')
     if not isinstance(pid, int) or pid == os.getpid():
         return False
     start = _process_start(pid)
     return start is not None and start == entry.get('pid_start')
+
+
+def uuids(snapshots_directory=None):
+    """The domain uuids with an entry (or a half-written one) here."""
+    journal_dir = directory(snapshots_directory)
+    try:
+        names = os.listdir(journal_dir)
+    except OSError:
+        return set()
+    return {name.split('.', 1)[0].lower() for name in names
+            if name.endswith(('.json', '.json.tmp'))}
 
 
 def recover(conn, snapshots_directory=None, uuid=None, instance=None):
@@ -164,15 +185,15 @@ def recover(conn, snapshots_directory=None, uuid=None, instance=None):
     journal_dir = directory(snapshots_directory)
     if not os.path.isdir(journal_dir):
         return []
-    if uuid:
-        names = ['%s.json' % uuid]
-    else:
-        names = sorted(os.listdir(journal_dir))
-        for name in names:
-            if name.endswith('.json.tmp'):
-                # A process killed while it wrote its entry: the managed
-                # save it was about to start never began.
-                _remove(os.path.join(journal_dir, name))
+    names = (['%s.json' % uuid, '%s.json.tmp' % uuid] if uuid
+             else sorted(os.listdir(journal_dir)))
+    for name in names:
+        path = os.path.join(journal_dir, name)
+        if name.endswith('.json.tmp') and os.path.exists(path):
+            # A process killed while it wrote its entry: the managed save
+            # it was about to start never began (unless it still runs).
+            if not _tmp_writer_alive(path):
+                _remove(path)
     done = []
     for name in names:
         path = os.path.join(journal_dir, name)

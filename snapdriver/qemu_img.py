@@ -29,8 +29,10 @@ Rules kept by every function here:
 """
 
 import json
+import os
 import signal
 
+from nova.privsep import utils as nova_privsep_utils
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_utils import imageutils
@@ -58,6 +60,18 @@ NAME_PREFIX = 'snapdriver-'
 KNOWN_FORMATS = ('raw', 'qcow2')
 
 
+def _command(args):
+    """Return the argument list that runs ``qemu-img args`` in the C locale.
+
+    NOTE: as Nova does (``env LC_ALL=C LANG=C qemu-img ...``), the locale is
+    set through ``env`` rather than processutils' ``env_variables``, which
+    replaces the whole environment: qemu-img would then be looked up in
+    ``/bin:/usr/bin`` only, ignoring the service's PATH, and TMPDIR and
+    proxy settings would be dropped.
+    """
+    return ['env', 'LC_ALL=C', 'LANG=C', QEMU_IMG] + [str(a) for a in args]
+
+
 def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
     """Run one qemu-img command.
 
@@ -67,16 +81,19 @@ def _run(action, path, args, timeout=None, prlimit=None, log_errors=True):
     :param timeout: seconds before the process is killed, or ``None``.
     :param prlimit: a :class:`processutils.ProcessLimits`, or ``None``.
     :returns: ``(stdout, stderr)``.
+
+    qemu-img runs with the service's environment (found through its PATH),
+    with ``LC_ALL`` and ``LANG`` set to ``C`` so its messages can be
+    parsed.
     :raises: :class:`exception.QemuImgTimeout` on timeout,
         :class:`exception.QemuImgFailed` on a non-zero exit or a signal.
     """
     procs = []
-    cmd = [QEMU_IMG] + [str(a) for a in args]
+    cmd = _command(args)
     try:
         return processutils.execute(
             *cmd, timeout=timeout, prlimit=prlimit,
-            on_execute=procs.append,
-            env_variables={'LC_ALL': 'C', 'LANG': 'C'})
+            on_execute=procs.append)
     except processutils.ProcessExecutionError as e:
         if e.exit_code is not None and e.exit_code < 0:
             reason = 'killed by signal %s' % signal.Signals(
@@ -159,6 +176,20 @@ def create(path, fmt, size, backing_file=None, backing_fmt=None):
     _run('create', path, args)
 
 
+def _convert_cache_mode(dest):
+    """Return the ``-t`` of a convert to ``dest``: ``[snapdriver]
+    convert_cache_mode``, with ``none`` turned into ``writeback`` where the
+    filesystem has no direct I/O, as Nova does.
+    """
+    mode = CONF.snapdriver.convert_cache_mode
+    if mode == 'none' and not nova_privsep_utils.supports_direct_io(
+            os.path.dirname(os.path.abspath(dest))):
+        LOG.debug('No direct I/O in the directory of %s: converting with '
+                  'cache mode writeback', dest)
+        mode = 'writeback'
+    return mode
+
+
 def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
             compress=False, timeout=None):
     """Copy an image, or one of its internal snapshots, to a new file.
@@ -176,11 +207,15 @@ def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
         ``[snapdriver] qemu_img_timeout``.
     :raises: :class:`exception.QemuImgFailed`,
         :class:`exception.QemuImgTimeout`
+
+    The output is written with the cache mode of ``[snapdriver]
+    convert_cache_mode`` (``-t``).
     """
     args = ['convert', '-f', _check_format(src_fmt),
             '-O', _check_format(dest_fmt)]
     if snapshot_name:
         args += ['-l', 'snapshot.name=%s' % snapshot_name]
+    args += ['-t', _convert_cache_mode(dest)]
     if compress and dest_fmt == 'qcow2':
         args.append('-c')
     else:
@@ -320,7 +355,7 @@ def compare(a, a_fmt, b, b_fmt, strict=False):
         args.append('-s')
     args += ['--', a, b]
     try:
-        processutils.execute(QEMU_IMG, *args, check_exit_code=[0])
+        processutils.execute(*_command(args), check_exit_code=[0])
         return True
     except processutils.ProcessExecutionError as e:
         if e.exit_code == 1:

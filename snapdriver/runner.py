@@ -25,11 +25,14 @@ import tempfile
 import time
 
 import libvirt
+from nova.compute import utils as compute_utils
 from nova import exception as nova_exception
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import fileutils
 from oslo_utils.imageutils import format_inspector
 from oslo_utils import units
+from oslo_utils import uuidutils
 
 from snapdriver import conf
 from snapdriver import exception
@@ -88,6 +91,36 @@ class SnapshotRun(object):
         }
 
 
+def detect_formats(path):
+    """Return the format inspectors whose format ``path`` holds.
+
+    Like ``format_inspector.detect_file_format``, but a file matching
+    several formats is returned as such instead of raising an untyped
+    ``ImageFormatError``: a hybrid ISO (isohybrid installers) holds both
+    GPT and ISO 9660 signatures, which are raw data to QEMU. Callers accept
+    formats of :data:`RAW_LIKE` together and refuse any other mix.
+
+    :returns: a non-empty list of inspectors (the raw one when nothing
+        specific matched).
+    """
+    with open(path, 'rb') as f:
+        wrapper = format_inspector.InspectWrapper(f)
+        try:
+            while wrapper.formats is None and wrapper.read(64 * units.Ki):
+                pass
+        finally:
+            wrapper.close()
+        return list(wrapper.formats or [])
+
+
+def _names(inspectors):
+    return ' and '.join(sorted(i.NAME for i in inspectors)) or 'raw'
+
+
+def _raw_like(inspectors):
+    return all(i.NAME in RAW_LIKE for i in inspectors)
+
+
 def check_source(request):
     """Refuse a root disk whose content does not match what libvirt says.
 
@@ -102,17 +135,18 @@ def check_source(request):
         raise exception.DiskFormatMismatch(
             path=path, declared=request.source_format,
             actual='unreadable (missing or no permission)')
-    inspector = format_inspector.detect_file_format(path)
-    actual = getattr(inspector, 'NAME', 'raw')
+    found = detect_formats(path)
+    actual = _names(found)
     declared = request.source_format
     if declared == 'raw':
-        if actual not in RAW_LIKE:
+        if not _raw_like(found):
             raise exception.DiskFormatMismatch(path=path, declared=declared,
                                                actual=actual)
         return
     if actual != declared:
         raise exception.DiskFormatMismatch(path=path, declared=declared,
                                            actual=actual)
+    inspector = found[0]
     # NOTE: an instance disk normally has a backing file (its image in
     # _base), which format_inspector's backing_file check refuses and logs
     # as a warning on every snapshot. Skip that one check when we can; the
@@ -153,11 +187,11 @@ def check_output(path, fmt, image_id=None):
 
     :raises: :class:`exception.UnsafeDiskImage`
     """
-    inspector = format_inspector.detect_file_format(path)
-    actual = getattr(inspector, 'NAME', 'raw')
+    found = detect_formats(path)
+    actual = _names(found)
     ident = image_id or path
     if fmt == 'raw':
-        if actual not in RAW_LIKE:
+        if not _raw_like(found):
             raise exception.UnsafeDiskImage(
                 image_id=ident,
                 reason='raw output holds a %s header; the guest may have '
@@ -166,6 +200,7 @@ def check_output(path, fmt, image_id=None):
     if actual != fmt:
         raise exception.UnsafeDiskImage(
             image_id=ident, reason='output is %s, not %s' % (actual, fmt))
+    inspector = found[0]
     try:
         inspector.safety_check()
     except (format_inspector.SafetyCheckFailed,
@@ -191,8 +226,57 @@ def check_space(request, strategy):
     return needed
 
 
+def host_label():
+    """This host's name as work directories carry it (``[DEFAULT] host``).
+
+    With ``[libvirt] snapshots_directory`` on shared storage (an
+    instances_path shared for live migration), the name tells this host's
+    work directories from the other hosts'.
+    """
+    return CONF.host.replace(os.sep, '_')
+
+
 def workdir_prefix(request):
-    return '%s%s-' % (qemu_img.NAME_PREFIX, request.uuid)
+    """``snapdriver-<domain uuid>-<host>-``: the random part follows."""
+    return '%s%s-%s-' % (qemu_img.NAME_PREFIX, request.uuid, host_label())
+
+
+def parse_workdir_name(name):
+    """Return ``(domain uuid, host)`` of a work directory name, or None.
+
+    The host is ``''`` for a work directory of snapdriver before host names
+    were added (``snapdriver-<uuid>-<random>``). The random part that
+    ``tempfile.mkdtemp`` adds never holds a dash.
+    """
+    if not name.startswith(qemu_img.NAME_PREFIX):
+        return None
+    rest = name[len(qemu_img.NAME_PREFIX):]
+    uuid, dash, tail = rest[:36], rest[36:37], rest[37:]
+    if not (uuidutils.is_uuid_like(uuid) and dash == '-' and tail):
+        return None
+    host, _sep, _random = tail.rpartition('-')
+    return uuid.lower(), host
+
+
+def snapshot_lock(uuid, blocking=True):
+    """The lock held for the whole snapshot of one domain on this host.
+
+    An external (file) lock in ``[oslo_concurrency] lock_path``, so that
+    nova-compute and the ``snapdriver`` command, which read the same
+    nova.conf, never run two snapshots of one domain at once, and neither
+    takes the other's running job or work directory for a leftover.
+
+    :param blocking: wait for the lock; else raise
+        ``oslo_concurrency.lockutils.AcquireLockFailedException`` at once
+        when it is held.
+    :raises: :class:`exception.LockPathRequired` when the option is unset.
+    """
+    lock_path = CONF.oslo_concurrency.lock_path
+    if not lock_path:
+        raise exception.LockPathRequired(instance=uuid)
+    return lockutils.lock('snapdriver-snapshot-%s' % uuid.lower(),
+                          external=True, lock_path=lock_path,
+                          blocking=blocking)
 
 
 @contextlib.contextmanager
@@ -227,20 +311,40 @@ def _grant_qemu_traverse(path, request):
         os.chmod(path, stat.S_IRWXU | stat.S_IXOTH)
 
 
-def clean_stale_workdirs(snapshots_directory, uuid=None):
-    """Remove work directories left by killed snapshots.
+def workdir_uuids(snapshots_directory):
+    """Return the domain uuids of this host's work directories."""
+    if not os.path.isdir(snapshots_directory):
+        return set()
+    found = set()
+    for entry in os.listdir(snapshots_directory):
+        parsed = parse_workdir_name(entry)
+        if parsed is not None and parsed[1] == host_label():
+            found.add(parsed[0])
+    return found
 
-    :param uuid: only those of this domain; ``None`` for all (safe only
-        when no snapshot runs, as at service start).
+
+def clean_stale_workdirs(snapshots_directory, uuid, defined_here=True):
+    """Remove the work directories killed snapshots of a domain left.
+
+    Only this host's (:func:`host_label`): the others belong to snapshots
+    other hosts run on shared storage. Call it with :func:`snapshot_lock`
+    of the domain held.
+
+    :param uuid: the domain.
+    :param defined_here: the domain is defined on this host; then the work
+        directories of older snapdriver versions (no host in their name)
+        are its too.
     :returns: the removed paths.
     """
     removed = []
     if not os.path.isdir(snapshots_directory):
         return removed
-    prefix = qemu_img.NAME_PREFIX + (('%s-' % uuid) if uuid else '')
+    hosts = (host_label(), '') if defined_here else (host_label(),)
     for entry in sorted(os.listdir(snapshots_directory)):
         path = os.path.join(snapshots_directory, entry)
-        if entry.startswith(prefix) and os.path.isdir(path):
+        parsed = parse_workdir_name(entry)
+        if (parsed is not None and parsed[0] == uuid.lower() and
+                parsed[1] in hosts and os.path.isdir(path)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
@@ -259,10 +363,13 @@ def captured(request, strategy, power, progress=None, image_id=None):
 
     Everything that can fail without touching the guest is checked first
     (quiesce requirement, source disk, free space). The work directory,
-    and so the image, is removed when the ``with`` block ends.
+    and so the image, is removed when the ``with`` block ends. The caller
+    holds :func:`snapshot_lock` of the domain: the leftovers cleaned here
+    are then surely no running snapshot's.
 
     :raises: ``nova.exception.InstanceNotFound`` when the domain vanishes
-        mid-way; the typed errors of :mod:`snapdriver.exception`.
+        mid-way; :class:`exception.GuestStoppedDuringSnapshot` when it
+        stops; the typed errors of :mod:`snapdriver.exception`.
     """
     run = SnapshotRun(request, strategy, progress)
     if strategy.guest_state == base.GUEST_LIVE:
@@ -271,17 +378,19 @@ def captured(request, strategy, power, progress=None, image_id=None):
     # NOTE: as the stock driver does, create the snapshots directory on a
     # new host before its free space is measured.
     fileutils.ensure_tree(request.snapshots_directory)
-    with run.phase('preflight'):
-        needed = check_space(request, strategy)
-    LOG.debug('Snapshot needs %d MiB in %s', needed // units.Mi,
-              request.snapshots_directory, instance=request.instance)
-    # Jobs of an interrupted snapshot first, then the files they wrote.
+    # Jobs of an interrupted snapshot first, then the files they wrote;
+    # both before the free space is measured, which those files would
+    # otherwise take, failing every retry.
     for item in strategy.clean_leftovers(request):
         LOG.warning('Cleaned up %s', item, instance=request.instance)
     for path in clean_stale_workdirs(request.snapshots_directory,
                                      request.uuid):
         LOG.warning('Removed work directory %s left by an interrupted '
                     'snapshot', path, instance=request.instance)
+    with run.phase('preflight'):
+        needed = check_space(request, strategy)
+    LOG.debug('Snapshot needs %d MiB in %s', needed // units.Mi,
+              request.snapshots_directory, instance=request.instance)
 
     with workdir(request, strategy) as wd:
         out_path = os.path.join(wd, 'image.%s' % request.image_format)
@@ -290,12 +399,19 @@ def captured(request, strategy, power, progress=None, image_id=None):
                   'state': request.power_state_name},
                  instance=request.instance)
         try:
-            with guest_state.held(request, strategy.guest_state, power,
-                                  run.guest):
-                with run.phase('capture'):
-                    LOG.debug('Capture by %s begins', strategy.name,
-                              instance=request.instance)
-                    strategy.capture(request, out_path, run)
+            # NOTE: every data copy (block job, backup job, qemu-img
+            # convert or rebase) runs within Nova's [compute]
+            # max_concurrent_disk_ops, as the stock driver's conversions
+            # do. Taken before a cold strategy stops the guest, so waiting
+            # for it is never downtime. Looked up at each snapshot: the
+            # compute manager replaces it at start.
+            with compute_utils.disk_ops_semaphore:
+                with guest_state.held(request, strategy.guest_state, power,
+                                      run.guest):
+                    with run.phase('capture'):
+                        LOG.debug('Capture by %s begins', strategy.name,
+                                  instance=request.instance)
+                        strategy.capture(request, out_path, run)
         except libvirt.libvirtError as ex:
             if ex.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 LOG.info('Domain %(name)s disappeared during its snapshot: '
@@ -303,19 +419,31 @@ def captured(request, strategy, power, progress=None, image_id=None):
                          instance=request.instance)
                 raise nova_exception.InstanceNotFound(
                     instance_id=request.label)
-            # NOTE: a domain destroyed from outside during a live snapshot
-            # stays defined; libvirt then answers block job calls with
-            # VIR_ERR_OPERATION_INVALID ("domain is not running"). Say so
-            # with the type Nova's compute manager expects for it (it
-            # handles InstanceNotRunning like InstanceNotFound) instead of
-            # a bare libvirtError.
-            if (ex.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID
-                    and not _still_active(request)):
+            # NOTE: a guest that shuts down, or is destroyed from outside,
+            # during a snapshot stays defined; libvirt then answers with
+            # VIR_ERR_OPERATION_INVALID ("domain is not running"). Not
+            # InstanceNotRunning: Nova's compute manager takes that for a
+            # deleted instance, records no fault and leaves the task state
+            # set, so the server would stay stuck in image_pending_upload.
+            # A typed error of ours is reverted and recorded like any
+            # failure; InstanceNotFound stays for a domain really gone.
+            # A live strategy's call in flight when the guest stops fails
+            # otherwise, e.g. VIR_ERR_SYSTEM_ERROR "Unable to read from
+            # monitor: Connection reset by peer": then any libvirt error of
+            # a guest that ran and no longer does is that stop. (A cold
+            # strategy stops the guest itself; held() has restored it by
+            # now, and a restore that failed must not be told as a stop.)
+            stopped = (ex.get_error_code() ==
+                       libvirt.VIR_ERR_OPERATION_INVALID or (
+                           strategy.guest_state == base.GUEST_LIVE and
+                           request.is_active))
+            if stopped and not _still_active(request):
                 LOG.info('Domain %(name)s stopped during its snapshot: '
                          '%(ex)s', {'name': request.name, 'ex': ex},
                          instance=request.instance)
-                raise nova_exception.InstanceNotRunning(
-                    instance_id=request.label)
+                raise exception.GuestStoppedDuringSnapshot(
+                    instance=request.label, strategy=strategy.name,
+                    reason=ex)
             raise
         with run.phase('check-output'):
             check_output(out_path, request.image_format, image_id)

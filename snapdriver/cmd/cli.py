@@ -32,6 +32,7 @@ import libvirt
 from nova.compute import power_state
 from nova import exception as nova_exception
 from nova.virt.libvirt import guest as libvirt_guest
+from oslo_concurrency import lockutils
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import units
@@ -451,12 +452,22 @@ def _human_size(nbytes):
         nbytes /= 1024.0
 
 
+def _current_umask():
+    # NOTE: os.umask() is the only way to read it; set it back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _place_output(src, dest):
     """Move the image out of the work dir before the runner removes it.
 
     Written under a temporary name in the destination directory, then
-    renamed, so OUTPUT never holds half an image.
+    renamed, so OUTPUT never holds half an image. Its mode is what the
+    user's umask gives a new file (0644 under the usual 022, 0600 under
+    077): the image holds the guest's data.
     """
+    mode = 0o666 & ~_current_umask()
     fd, tmp = tempfile.mkstemp(prefix='.%s.' % os.path.basename(dest),
                                dir=os.path.dirname(dest))
     os.close(fd)
@@ -465,7 +476,7 @@ def _place_output(src, dest):
             os.rename(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):
@@ -505,13 +516,39 @@ def cmd_snapshot(args, out):
         CONF.set_override('snapshots_directory', workdir, group='libvirt')
         conn, guest = open_guest(args.domain)
         try:
-            return _snapshot(args, out, registry, guest, output, workdir)
+            with _snapshot_lock(guest):
+                return _snapshot(args, out, registry, guest, output,
+                                 workdir)
         finally:
             conn.close()
     finally:
         CONF.clear_override('snapshots_directory', group='libvirt')
         if ours:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _snapshot_lock(guest):
+    """Hold the domain's snapshot lock, the one nova-compute takes.
+
+    Waits, saying so, while another snapshot of the domain runs (a Nova
+    snapshot, or another run of this command): its job and work directory
+    are not leftovers.
+    """
+    held = contextlib.ExitStack()
+    try:
+        try:
+            held.enter_context(runner.snapshot_lock(guest.uuid,
+                                                    blocking=False))
+        except lockutils.AcquireLockFailedException:
+            sys.stderr.write('snapdriver: a snapshot of %s is running '
+                             '(nova-compute?); waiting for it to end\n'
+                             % guest.name)
+            held.enter_context(runner.snapshot_lock(guest.uuid))
+    except nova_exception.NovaException as e:
+        raise CliError(str(e))
+    with held:
+        yield
 
 
 def _snapshot(args, out, registry, guest, output, workdir):

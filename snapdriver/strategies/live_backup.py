@@ -213,8 +213,8 @@ def _domain_gone(dom, error):
     """True when ``error`` means the domain vanished or stopped.
 
     The runner turns those errors into the exceptions Nova's compute
-    manager expects (``InstanceNotFound``, ``InstanceNotRunning``), so they
-    must reach it as they are.
+    manager expects (``InstanceNotFound``, ``GuestStoppedDuringSnapshot``),
+    so they must reach it as they are.
     """
     code = error.get_error_code()
     if code == libvirt.VIR_ERR_NO_DOMAIN:
@@ -333,6 +333,97 @@ def resume_if_io_paused(dom, request):
             'snapshots_directory')
 
 
+#: Seconds to wait, after the backup job ended, for QEMU to close the
+#: target.
+RELEASE_WAIT = 30
+
+
+def qemu_pid(uuid):
+    """Return the pid of the QEMU process running domain ``uuid``, or None.
+
+    Found by its command line (``-uuid UUID``), which /proc shows to every
+    user.
+    """
+    needle = uuid.lower().encode()
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except OSError:
+            continue
+        if b'-uuid' in argv and needle in (a.lower() for a in argv):
+            return int(entry)
+    return None
+
+
+def holds_file(pid, path):
+    """Say whether process ``pid`` has ``path`` open.
+
+    :returns: True or False, or None when its descriptors cannot be read
+        (another user's process, for a nova-compute that is not root).
+    """
+    try:
+        wanted = os.stat(path)
+    except OSError:
+        return False
+    fds = '/proc/%d/fd' % pid
+    try:
+        names = os.listdir(fds)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    for name in names:
+        try:
+            st = os.stat(os.path.join(fds, name))
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (wanted.st_dev, wanted.st_ino):
+            return True
+    return False
+
+
+def wait_target_released(request, target):
+    """Wait until QEMU has closed the backup target after the job ended.
+
+    NOTE: libvirt 9.0 records the completed job before its blockdev-del
+    of the target, so :func:`wait_done` may return while QEMU still has
+    the file open; it was closed every time in tests, but the image must
+    never be read (checked, converted, uploaded) before, so wait for it.
+    The QEMU process's /proc/PID/fd is readable by root (and QEMU's own
+    user) only: a nova-compute running as another user cannot see it and
+    relies on libvirt's order, as the stock driver does.
+
+    :raises: :class:`exception.BlockJobFailed` when QEMU still holds it
+        after :data:`RELEASE_WAIT` seconds.
+    """
+    pid = qemu_pid(request.uuid)
+    if pid is None:
+        return
+    interval = CONF.snapdriver.block_job_poll_interval
+    deadline = time.monotonic() + RELEASE_WAIT
+    while True:
+        held = holds_file(pid, target)
+        if held is None:
+            LOG.debug('Cannot read the descriptors of QEMU process %d: '
+                      'not checking that it closed %s', pid, target,
+                      instance=request.instance)
+            return
+        if not held:
+            return
+        if time.monotonic() >= deadline:
+            raise exception.BlockJobFailed(
+                job='backup', disk=request.disk_path,
+                reason='QEMU still had the backup target %s open %d '
+                       'seconds after the job ended' % (target,
+                                                        RELEASE_WAIT))
+        LOG.debug('QEMU still has %s open after the backup job',
+                  target, instance=request.instance)
+        time.sleep(interval)
+
+
 def _utc(timestamp):
     return datetime.datetime.fromtimestamp(
         timestamp, datetime.timezone.utc).isoformat()
@@ -447,6 +538,7 @@ class LiveBackup(base.SnapshotStrategy):
                                              'when': _utc(run.point_in_time)},
                      instance=request.instance)
             wait_done(request, dom, run)
+            wait_target_released(request, target)
         except Exception as e:
             with excutils.save_and_reraise_exception():
                 # Every failure path ends the job: a timeout, a failed

@@ -23,6 +23,7 @@ import os
 import time
 
 import libvirt
+import nova.privsep.path
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import fileutils
@@ -82,6 +83,22 @@ def abort_quietly(dev, request):
         dev.abort_job()
     except libvirt.libvirtError as e:
         LOG.debug('Block job abort: %s', e, instance=request.instance)
+
+
+def give_back(path):
+    """Make nova-compute's user the owner of a file a block job used.
+
+    NOTE: as the stock driver's live snapshot does (privsep chown of its
+    delta to os.getuid()): where libvirt cannot remember a file's owner
+    (no user xattrs, as on NFS, or remember_owner = 0) it gives the file
+    of a finished job to root, and a nova-compute that does not run as
+    root could then not flatten it in place (a write) nor read it. Only
+    when needed, so a root nova-compute or the command never starts the
+    privsep daemon for nothing.
+    """
+    uid = os.getuid()
+    if os.stat(path).st_uid != uid:
+        nova.privsep.path.chown(path, uid=uid)
 
 
 def wait_ready(request, dev, run, job='copy'):
@@ -216,6 +233,7 @@ class LiveShallowRebase(base.SnapshotStrategy):
 
         try:
             with run.phase('flatten'):
+                give_back(delta)
                 if self._flatten_mode(request, delta) == 'in-place':
                     # NOTE: rebasing onto nothing copies only the backing
                     # file's data into the overlay (its own data is already

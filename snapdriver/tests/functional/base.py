@@ -209,6 +209,9 @@ class DriverTestCase(base.BaseTestCase):
         os.mkdir(self.snapshots_directory, 0o711)
         self.uploads_directory = os.path.join(self.workdir, 'uploads')
         os.mkdir(self.uploads_directory, 0o700)
+        # The lock shared by nova-compute and the snapdriver command.
+        self.lock_path = os.path.join(self.workdir, 'locks')
+        self.flags(lock_path=self.lock_path, group='oslo_concurrency')
         self.flags(connection_uri=real.LIBVIRT_URI,
                    virt_type='kvm' if real.kvm_usable() else 'qemu',
                    snapshots_directory=self.snapshots_directory,

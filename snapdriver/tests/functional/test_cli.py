@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -72,9 +73,11 @@ class CliTestCase(base.BaseTestCase):
         with open(path, 'w') as f:
             f.write('[libvirt]\nconnection_uri = %s\nvirt_type = %s\n'
                     'snapshots_directory = %s\n'
+                    '[oslo_concurrency]\nlock_path = %s\n'
                     % (real.LIBVIRT_URI,
                        'kvm' if real.kvm_usable() else 'qemu',
-                       self.snapshots_directory))
+                       self.snapshots_directory,
+                       os.path.join(self.workdir, 'locks')))
             if strategies is not None:
                 f.write('[snapdriver]\nstrategies = %s\n'
                         % ','.join(strategies))
@@ -265,6 +268,20 @@ class SnapshotTestCase(CliTestCase):
         self.assertNotIn('guest downtime:  0.000 s', out)
         # The configured snapshots directory was used, and emptied.
         self.assertEqual([], os.listdir(self.snapshots_directory))
+
+    def test_output_mode_follows_the_umask(self):
+        # The image holds the guest's data: a umask of 077 keeps it
+        # private, as it would any file the user writes.
+        domain = self.make_domain('shutoff')
+        output = os.path.join(self.outdir, 'private.qcow2')
+        old = os.umask(0o077)
+        try:
+            rc, _out, err = self.cli('snapshot', domain.name, output,
+                                     '--format', 'qcow2')
+        finally:
+            os.umask(old)
+        self.assertEqual(0, rc, err)
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(output).st_mode))
 
     def test_existing_output_is_refused_without_force(self):
         domain = self.make_domain('shutoff')

@@ -40,7 +40,9 @@ import types
 import fixtures
 import libvirt
 from nova import exception as nova_exception
+import nova.privsep as nova_privsep
 from nova.virt import fake as fake_virt
+from oslo_concurrency import processutils
 from oslo_config import cfg
 from oslo_utils import units
 import testscenarios
@@ -50,6 +52,7 @@ from snapdriver import conf
 from snapdriver import driver
 from snapdriver import exception
 from snapdriver import qemu_img
+from snapdriver import request as snap_request
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
 
@@ -69,8 +72,8 @@ _MODULE = 'snapdriver.tests.functional.test_faults'
 _TOP = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))))
 
-# The wrapper runs as its own process with the environment processutils
-# gives it (LC_ALL and LANG only, no PATH): every path in it is absolute.
+# The wrapper runs as its own process; every path in it is absolute, so it
+# does not depend on the PATH qemu-img is run with.
 _WRAPPER = """#!%(python)s
 import json
 import os
@@ -416,6 +419,206 @@ class SmallFilesystemTestCase(FaultTestCase):
         self.assert_guest_intact(domain, 'running')
 
 
+class StaleWorkdirSpaceTestCase(FaultTestCase):
+    """A stale work directory of the instance fills the snapshots
+    filesystem: it is removed before the free space is measured.
+    """
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('mounting a tmpfs needs root')
+        small = os.path.join(self.workdir, 'small')
+        os.mkdir(small, 0o711)
+        real._execute('mount', '-t', 'tmpfs', '-o', 'size=16m,mode=0711',
+                      'snapdriver-test', small)
+        self.addCleanup(real._execute, 'umount', '-l', small)
+        self.snapshots_directory = small
+        self.flags(snapshots_directory=small, group='libvirt')
+        self.flags(free_space_margin_mb=0, strategies=[DIRECT],
+                   group='snapdriver')
+
+    def test_stale_workdir_removed_before_the_space_check(self):
+        domain = self.make_domain('shutoff')
+        # What a killed snapshot of this instance left: 15 of 16 MiB.
+        stale = os.path.join(self.snapshots_directory, '%s%s-%s-stale' % (
+            qemu_img.NAME_PREFIX, domain.uuid, CONF.host))
+        os.mkdir(stale, 0o700)
+        with open(os.path.join(stale, 'image.qcow2'), 'wb') as f:
+            f.write(b'\xa5' * 15 * units.Mi)
+
+        self.snapshot(domain)
+
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'shutoff')
+        self.assert_logged(domain, 'Removed work directory %s' % stale)
+
+
+class _StopsAfterTheFacts(object):
+    """snapdriver.request.build, then the guest shuts itself down (seen
+    from another libvirt connection) before anything else happens.
+    """
+
+    def __init__(self, uuid):
+        self.uuid = uuid
+        self.real_build = snap_request.build
+
+    def __call__(self, *args, **kwargs):
+        request = self.real_build(*args, **kwargs)
+        conn = libvirt.open(real.LIBVIRT_URI)
+        try:
+            conn.lookupByUUIDString(self.uuid).destroy()
+        finally:
+            conn.close()
+        return request
+
+
+class GuestStopsBeforeTheSaveTestCase(FaultTestCase):
+
+    def test_guest_stopped_before_the_managed_save_stays_off(self):
+        self.flags(strategies=[DIRECT], group='snapdriver')
+        domain = self.make_domain('running')
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.request.build', _StopsAfterTheFacts(domain.uuid)))
+
+        self.snapshot_fails(domain, exception.GuestStoppedDuringSnapshot,
+                            domain.uuid)
+
+        # Nobody but the guest decided it should be off: the restore must
+        # not boot it.
+        self.assert_guest_intact(domain, 'shutoff')
+
+
+class _RecordingSemaphore(object):
+    """Nova's disk_ops_semaphore ([compute] max_concurrent_disk_ops = 1)
+    that knows whether it is held.
+    """
+
+    def __init__(self):
+        self._sem = threading.Semaphore(1)
+        self.holders = 0
+
+    def __enter__(self):
+        self._sem.acquire()
+        self.holders += 1
+
+    def __exit__(self, *exc):
+        self.holders -= 1
+        self._sem.release()
+
+
+class _RecordingImageService(base.FakeImageService):
+
+    def __init__(self, directory, semaphore, record):
+        super().__init__(directory)
+        self.semaphore = semaphore
+        self.record = record
+
+    def update(self, context, image_id, metadata, data=None, **kwargs):
+        if data is not None:
+            self.record.append(('upload', self.semaphore.holders))
+        return super().update(context, image_id, metadata, data, **kwargs)
+
+
+class DiskOpsSemaphoreTestCase(FaultTestCase):
+    """Every data copy holds Nova's compute_utils.disk_ops_semaphore, as
+    the stock driver's conversions and upload do.
+    """
+
+    scenarios = [
+        ('live-convert', {'strategy': LIVE, 'state': 'running',
+                          'fmt': 'raw', 'flatten': 'convert'}),
+        ('live-in-place', {'strategy': LIVE, 'state': 'running',
+                           'fmt': 'qcow2', 'flatten': 'in-place'}),
+        ('backup', {'strategy': BACKUP, 'state': 'running', 'fmt': 'raw',
+                    'flatten': 'auto'}),
+        ('direct', {'strategy': DIRECT, 'state': 'paused', 'fmt': 'qcow2',
+                    'flatten': 'auto'}),
+        ('internal', {'strategy': INTERNAL, 'state': 'shutoff',
+                      'fmt': 'qcow2', 'flatten': 'auto'}),
+    ]
+
+    def test_every_copy_holds_the_semaphore(self):
+        self.flags(strategies=[self.strategy], live_flatten=self.flatten,
+                   group='snapdriver')
+        self.flags(snapshot_image_format=self.fmt, group='libvirt')
+        domain = self.make_domain(self.state)
+        semaphore = _RecordingSemaphore()
+        record = []
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.compute.utils.disk_ops_semaphore', semaphore))
+        self.images = _RecordingImageService(self.uploads_directory,
+                                             semaphore, record)
+        self.driver._image_api = self.images
+        real_execute = processutils.execute
+
+        def execute(*cmd, **kwargs):
+            copies = [a for a in ('convert', 'rebase') if a in cmd]
+            if copies:
+                record.append(('qemu-img ' + copies[0], semaphore.holders))
+            return real_execute(*cmd, **kwargs)
+
+        def job(name, real_call):
+            def call(dom, *args, **kwargs):
+                record.append((name, semaphore.holders))
+                return real_call(dom, *args, **kwargs)
+            return call
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'oslo_concurrency.processutils.execute', execute))
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.blockCopy',
+            job('blockCopy', libvirt.virDomain.blockCopy)))
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.virDomain.backupBegin',
+            job('backupBegin', libvirt.virDomain.backupBegin)))
+
+        self.snapshot(domain)
+
+        self.assert_image_equals_disk('image-1', self.fmt, domain)
+        self.assertIn(('upload', 1), record)
+        copies = [name for name, _held in record if name != 'upload']
+        self.assertNotEqual([], copies)
+        self.assertEqual([(name, 1) for name, _held in record], record)
+        self.assertEqual(0, semaphore.holders)
+
+
+class NonRootComputeTestCase(FaultTestCase):
+    """nova-compute running as a user other than root (simulated: os.getuid
+    answers nobody's uid, privsep runs in-process as root).
+
+    Where libvirt cannot remember a file's owner (no user xattrs, as on
+    NFS, or remember_owner = 0) it gives a job's file back to root; here it
+    remembers it, so the test makes the overlay root's and nova-compute
+    "another user" instead. Either way nova-compute must own the overlay
+    it flattens in place and uploads.
+    """
+
+    def test_overlay_is_given_back_before_the_in_place_flatten(self):
+        self.flags(strategies=[LIVE], live_flatten='in-place',
+                   group='snapdriver')
+        domain = self.make_domain('running')
+        nova_uid = 65534
+        owners = []
+        real_rebase = qemu_img.rebase
+
+        def rebase(path, *args, **kwargs):
+            owners.append(os.stat(path).st_uid)
+            return real_rebase(path, *args, **kwargs)
+
+        self.useFixture(fixtures.MockPatchObject(
+            nova_privsep.sys_admin_pctxt, 'client_mode', False))
+        self.useFixture(fixtures.MonkeyPatch('snapdriver.qemu_img.rebase',
+                                             rebase))
+        self.useFixture(fixtures.MonkeyPatch('os.getuid', lambda: nova_uid))
+
+        self.snapshot(domain)
+
+        self.assertEqual([nova_uid], owners)
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')
+
+
 class _DeletedDuringSnapshot(base.FakeImageService):
     """The image is deleted by its owner right after snapshot() read it."""
 
@@ -520,8 +723,9 @@ class BlockJobFaultTestCase(FaultTestCase):
         domain = self.make_domain('running')
         watcher = self.watch(domain, lambda dom: dom.destroy())
 
-        self.snapshot_fails(domain, nova_exception.InstanceNotRunning,
-                            domain.uuid)
+        self.snapshot_fails(domain, exception.GuestStoppedDuringSnapshot,
+                            domain.uuid, 'stopped during its live-shallow-'
+                            'rebase snapshot')
 
         self.assertIsNone(watcher.error)
         # Stopped from outside: it stays stopped (and defined), nothing of
@@ -564,6 +768,8 @@ def _snapshot_in_child(uuid, snapshots_directory, uploads_directory):
     CONF.set_override('virt_type', 'kvm' if real.kvm_usable() else 'qemu',
                       'libvirt')
     CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
+    CONF.set_override('lock_path', os.path.join(
+        os.path.dirname(snapshots_directory), 'locks'), 'oslo_concurrency')
     CONF.set_override('strategies', [LIVE], 'snapdriver')
     libvirt.virDomain.blockCopy = _slow_block_copy
     drv = driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(), False)
@@ -658,6 +864,99 @@ class KilledComputeTestCase(FaultTestCase):
             self.assert_logged(domain, 'Aborted a block copy job')
 
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')
+
+
+class SharedSnapshotsDirectoryTestCase(FaultTestCase):
+    """``[libvirt] snapshots_directory`` under an instances_path on shared
+    storage: work directories of other hosts' running snapshots are there.
+    """
+
+    def test_service_start_cleans_only_this_hosts_work(self):
+        domain = self.make_domain('running')
+        ours = os.path.join(self.snapshots_directory, '%s%s-%s-k1lled00' % (
+            qemu_img.NAME_PREFIX, domain.uuid, CONF.host))
+        # Another host snapshots an instance this host does not run, and
+        # one that is defined here too (migrated since).
+        theirs = [
+            os.path.join(self.snapshots_directory, '%s%s-%s-runn1ng0' % (
+                qemu_img.NAME_PREFIX, uuid, 'other-compute')) for uuid in
+            ('4f6c2d1e-9b8a-4c3d-8e7f-0a1b2c3d4e5f', domain.uuid)]
+        for path in [ours] + theirs:
+            os.mkdir(path, 0o700)
+            with open(os.path.join(path, 'image.qcow2'), 'wb') as f:
+                f.write(b'data')
+
+        self.driver._clean_snapshot_leftovers()
+
+        self.assertFalse(os.path.exists(ours))
+        for path in theirs:
+            self.assertTrue(os.path.exists(os.path.join(path,
+                                                        'image.qcow2')),
+                            '%s of another host was removed' % path)
+        self.assert_message('Removed work directory %s' % ours)
+
+
+class CommandDuringNovaSnapshotTestCase(FaultTestCase):
+    """``snapdriver snapshot`` of a domain whose Nova snapshot is running.
+
+    The command runs as its own process, as an operator would run it; it
+    must wait for the running snapshot instead of aborting its job as a
+    leftover.
+    """
+
+    def test_command_waits_for_the_running_snapshot(self):
+        self.flags(strategies=[LIVE], group='snapdriver')
+        self.slow_block_copy()
+        domain = self.make_domain('running')
+        errors = []
+
+        def nova_snapshot():
+            try:
+                self.snapshot(domain)
+            except Exception as e:
+                errors.append(e)
+
+        nova = threading.Thread(target=nova_snapshot)
+        nova.start()
+        self.addCleanup(nova.join, 120)
+        deadline = time.monotonic() + 60
+        while not domain.dom.blockJobInfo('vda', 0):
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.02)
+
+        nova_conf = os.path.join(self.workdir, 'nova.conf')
+        with open(nova_conf, 'w') as f:
+            f.write('[DEFAULT]\nhost = %s\n[libvirt]\nconnection_uri = %s\n'
+                    'virt_type = %s\nsnapshots_directory = %s\n'
+                    '[oslo_concurrency]\nlock_path = %s\n'
+                    % (CONF.host, real.LIBVIRT_URI, CONF.libvirt.virt_type,
+                       self.snapshots_directory,
+                       CONF.oslo_concurrency.lock_path))
+        output = os.path.join(self.workdir, 'command.qcow2')
+        log = open(os.path.join(self.workdir, 'command.log'), 'w+')
+        self.addCleanup(log.close)
+        command = subprocess.Popen(
+            [sys.executable, '-m', 'snapdriver.cmd.cli', '--config-file',
+             nova_conf, 'snapshot', domain.name, output, '--strategy',
+             LIVE, '--format', 'qcow2'], stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(lambda: command.poll() is None and command.kill())
+
+        # Long enough for the command to load and reach the leftovers.
+        time.sleep(5)
+        self.assertIsNone(command.poll(), 'the command did not wait')
+        self.assertTrue(domain.dom.blockJobInfo('vda', 0),
+                        "the Nova snapshot's job was aborted")
+        # Let the Nova snapshot's mirror catch up: it ends, then the
+        # command takes its turn.
+        domain.dom.blockJobSetSpeed('vda', 0, 0)
+        nova.join(120)
+        self.assertEqual([], errors)
+        self.assertEqual(0, command.wait(120), log.seek(0) or log.read())
+
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assertTrue(real.images_equal(
+            output, 'qcow2', domain.images.reference_path, 'raw'))
         self.assert_guest_intact(domain, 'running')
 
 

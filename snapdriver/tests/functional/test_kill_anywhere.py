@@ -90,6 +90,10 @@ def _child(uuid, strategy, snapshots_directory, uploads_directory, log):
                       'libvirt')
     CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
     CONF.set_override('strategies', [strategy], 'snapdriver')
+    # The parent test's lock path (DriverTestCase: beside the snapshots
+    # directory), so that its service-start cleanup sees our lock.
+    CONF.set_override('lock_path', os.path.join(
+        os.path.dirname(snapshots_directory), 'locks'), 'oslo_concurrency')
     handler = logging.FileHandler(log)
     handler.setFormatter(logging.Formatter('%(message)s'))
     root = logging.getLogger('snapdriver')

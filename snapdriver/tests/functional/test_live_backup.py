@@ -20,6 +20,7 @@ MiB of copies before the limit applies, hence a disk with 128 MiB of data
 for those tests only.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -29,11 +30,14 @@ import time
 
 import fixtures
 import libvirt
+import libvirt_qemu
 from oslo_utils import units
 import testscenarios
 
 from snapdriver import exception
 from snapdriver import qemu_img
+from snapdriver import runner
+from snapdriver.strategies import live_backup
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
 
@@ -251,3 +255,102 @@ class FaultTestCase(LiveBackupTestCase):
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
         self.assert_no_backup_job(domain)
+
+
+def qemu_open_files(uuid):
+    """Return the paths the QEMU process of domain ``uuid`` has open.
+
+    Found independently of snapdriver: the process whose command line holds
+    ``-uuid UUID``, then its /proc/PID/fd links (root only).
+    """
+    for pid in os.listdir('/proc'):
+        if not pid.isdigit():
+            continue
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                argv = f.read().split(b'\0')
+        except OSError:
+            continue
+        if b'-uuid' in argv and uuid.encode() in argv:
+            fds = '/proc/%s/fd' % pid
+            paths = set()
+            for fd in os.listdir(fds):
+                try:
+                    paths.add(os.readlink(os.path.join(fds, fd)))
+                except OSError:
+                    pass
+            return paths
+    raise AssertionError('no QEMU process for domain %s' % uuid)
+
+
+class TargetReleasedTestCase(LiveBackupTestCase):
+    """The image is read only once QEMU has closed the backup target.
+
+    Checked where snapdriver first reads the image after the job: the
+    output check of a qcow2 output, which is the backup target itself.
+    """
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest("reading QEMU's /proc/PID/fd needs root")
+        self.domain = self.make_domain('running')
+        self.held_at_first_read = []
+        real_check = runner.check_output
+
+        def check_output(path, fmt, image_id=None):
+            self.held_at_first_read.append(
+                path in qemu_open_files(self.domain.uuid))
+            return real_check(path, fmt, image_id)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.runner.check_output', check_output))
+
+    def test_target_closed_before_it_is_read_stress(self):
+        # libvirt 9.0 records the completed job before blockdev-del of the
+        # target; a libvirt that reorders it is caught here.
+        for i in range(10):
+            self.snapshot(self.domain, image_id='image-%d' % i)
+        self.assertEqual([False] * 10, self.held_at_first_read)
+        self.assert_image_equals_disk('image-9', 'qcow2', self.domain)
+        self.assert_no_backup_job(self.domain)
+
+    def test_target_closed_late_is_waited_for(self):
+        # A libvirt that reports the job done while QEMU still has the
+        # target open: the test opens it in QEMU (read-only, as a node of
+        # its own) when wait_done returns, and closes it a second later.
+        dom = self.domain.dom
+        real_wait_done = live_backup.wait_done
+        closers = []
+
+        def qmp(command, **arguments):
+            return libvirt_qemu.qemuMonitorCommand(
+                dom, json.dumps({'execute': command,
+                                 'arguments': arguments}), 0)
+
+        def wait_done(request, dom_, run):
+            real_wait_done(request, dom_, run)
+            target = os.path.join(
+                [os.path.join(self.snapshots_directory, d) for d in
+                 os.listdir(self.snapshots_directory)][0], 'image.qcow2')
+            qmp('blockdev-add', **{
+                'node-name': 'snapdriver-test-late', 'driver': 'qcow2',
+                'read-only': True, 'file': {'driver': 'file',
+                                            'filename': target}})
+            self.assertIn(target, qemu_open_files(self.domain.uuid))
+            closer = threading.Timer(1.0, qmp, ('blockdev-del',),
+                                     {'node-name': 'snapdriver-test-late'})
+            closer.start()
+            closers.append(closer)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.strategies.live_backup.wait_done', wait_done))
+
+        self.snapshot(self.domain)
+
+        for closer in closers:
+            closer.join(10)
+        self.assertEqual(1, len(closers))
+        self.assertEqual([False], self.held_at_first_read)
+        self.assert_image_equals_disk('image-1', 'qcow2', self.domain)
+        self.assert_no_backup_job(self.domain)

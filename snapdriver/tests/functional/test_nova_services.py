@@ -33,6 +33,7 @@ import sys
 import fixtures
 from nova.compute import power_state
 from nova import conf
+from nova import context as nova_context
 from nova import objects
 from nova.tests.fixtures import libvirt as fakelibvirt
 from nova.tests.functional.libvirt import base
@@ -385,4 +386,51 @@ class NovaServicesTestCase(base.ServersTestBase):
                               if img['name'] == 'snap'])
         self.assertEqual({}, self.uploads)
         self.assertEqual(power_state.RUNNING, self._domain_state(server))
+        self.assert_no_leftovers()
+
+    def test_guest_stopped_mid_live_snapshot_reverts_the_task(self):
+        # The guest stops (shut down from inside, or destroyed from outside)
+        # while the live strategy polls its block job; libvirt then answers
+        # "domain is not running" (VIR_ERR_OPERATION_INVALID), as it does on
+        # a real host (test_faults.BlockJobFaultTestCase). Nova must revert
+        # the task state and record a fault, not take it for a deleted
+        # instance and leave the server in image_pending_upload.
+        self.flags(strategies=['live-shallow-rebase'], group='snapdriver')
+        self.compute.driver._snapshot_registry = None
+        server, disk = self._boot()
+
+        def block_job_info(dom, disk, flags):
+            dom.destroy()
+            raise fakelibvirt.make_libvirtError(
+                fakelibvirt.libvirtError,
+                'Requested operation is not valid: domain is not running',
+                error_code=fakelibvirt.VIR_ERR_OPERATION_INVALID,
+                error_domain=fakelibvirt.VIR_FROM_QEMU)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.blockJobInfo',
+            block_job_info))
+        # NOTE: LibvirtFixture points only nova.virt.libvirt.* at
+        # fakelibvirt, whose libvirtError is not libvirt's: do the same for
+        # the runner, which tells a stopped domain from other errors.
+        self.useFixture(fixtures.MonkeyPatch('snapdriver.runner.libvirt',
+                                             fakelibvirt))
+        self._snapshot_server(server, 'snap')
+        # NOTE: Nova 34 runs _snapshot_instance in a task of its own; its
+        # wrap_exception notifies the failure once the fault is recorded.
+        self.notifier.wait_for_versioned_notifications('compute.exception')
+        server = self._wait_idle(server, 'ACTIVE')
+
+        self.assertIsNone(server['OS-EXT-STS:task_state'])
+        ctxt = nova_context.get_admin_context()
+        with nova_context.target_cell(
+                ctxt, self.cell_mappings['cell1']) as cctxt:
+            faults = objects.InstanceFaultList.get_by_instance_uuids(
+                cctxt, [server['id']])
+        self.assertEqual(1, len(faults), faults)
+        self.assertIn('stopped during its live-shallow-rebase snapshot',
+                      faults[0].message)
+        self.assertEqual([], [img for img in self.glance.images.values()
+                              if img['name'] == 'snap'])
+        self.assertEqual(power_state.SHUTDOWN, self._domain_state(server))
         self.assert_no_leftovers()

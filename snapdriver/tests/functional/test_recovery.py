@@ -55,6 +55,10 @@ def _snapshot_in_child(uuid, snapshots_directory, uploads_directory):
                       'libvirt')
     CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
     CONF.set_override('strategies', ['cold-direct-extract'], 'snapdriver')
+    # The parent test's lock path (DriverTestCase: beside the snapshots
+    # directory), so that its service-start cleanup sees our lock.
+    CONF.set_override('lock_path', os.path.join(
+        os.path.dirname(snapshots_directory), 'locks'), 'oslo_concurrency')
 
     from snapdriver import qemu_img
 

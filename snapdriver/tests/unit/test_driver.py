@@ -20,6 +20,7 @@ the stock driver, and a guard against Nova changing what we depend on.
 import inspect
 from unittest import mock
 
+import fixtures
 from nova.compute import utils as compute_utils
 from nova import exception as nova_exception
 from nova import test
@@ -41,6 +42,8 @@ class DriverTestCase(test.NoDBTestCase):
     def setUp(self):
         super().setUp()
         self.useFixture(nova_fixtures.LibvirtFixture())
+        self.flags(lock_path=self.useFixture(fixtures.TempDir()).path,
+                   group='oslo_concurrency')
         self.driver = driver.LibvirtSnapshotDriver(fake.FakeVirtAPI(), False)
 
     def test_nova_loads_the_driver_through_the_shim(self):
@@ -74,6 +77,16 @@ class DriverTestCase(test.NoDBTestCase):
         self.assertEqual(['live-backup', 'live-shallow-rebase',
                           'cold-direct-extract', 'stock'],
                          self.driver.snapshot_registry.names())
+
+    def test_snapshot_without_lock_path_is_refused(self):
+        self.flags(lock_path=None, group='oslo_concurrency')
+        instance = mock.Mock(uuid='fake-uuid')
+        with mock.patch.object(self.driver, '_snapshot') as snap:
+            e = self.assertRaises(exception.LockPathRequired,
+                                  self.driver.snapshot, mock.sentinel.ctx,
+                                  instance, 'image', mock.Mock())
+        snap.assert_not_called()
+        self.assertIn('[oslo_concurrency] lock_path', str(e))
 
     def test_missing_domain_is_instance_not_running(self):
         instance = mock.Mock(uuid='fake-uuid')

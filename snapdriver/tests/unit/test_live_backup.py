@@ -12,6 +12,7 @@
 
 """Tests of the live-backup strategy's rules, XML and job handling."""
 
+import os
 from unittest import mock
 from xml.etree import ElementTree
 
@@ -333,7 +334,7 @@ class JobTestCase(base.BaseTestCase):
 
     @mock.patch.object(live_backup.qemu_img, 'create')
     def test_stopped_domain_error_reaches_the_runner(self, create):
-        # The runner turns it into InstanceNotRunning for Nova.
+        # The runner turns it into GuestStoppedDuringSnapshot for Nova.
         dom = FakeDomain([RUNNING])
         dom.active = False
         request = _request(dom)
@@ -464,3 +465,36 @@ class JobTestCase(base.BaseTestCase):
                          libvirt.VIR_DOMAIN_PAUSED_USER)
         self.assertIsNone(live_backup.resume_if_io_paused(dom, _request(dom)))
         self.assertEqual(0, dom.resumed)
+
+
+class TargetReleaseTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.useFixture(config_fixture.Config(conf.CONF))
+        conf.CONF.set_override('block_job_poll_interval', 0.01,
+                               group='snapdriver')
+
+    @mock.patch.object(live_backup, 'RELEASE_WAIT', 0.05)
+    @mock.patch.object(live_backup, 'holds_file', return_value=True)
+    @mock.patch.object(live_backup, 'qemu_pid', return_value=4242)
+    def test_target_never_released_fails_the_snapshot(self, pid, holds):
+        e = self.assertRaises(exception.BlockJobFailed,
+                              live_backup.wait_target_released,
+                              _request(), '/snap/dir/backup.qcow2')
+        self.assertIn('still had the backup target /snap/dir/backup.qcow2',
+                      str(e))
+        holds.assert_called_with(4242, '/snap/dir/backup.qcow2')
+
+    @mock.patch.object(live_backup, 'holds_file',
+                       side_effect=[True, True, False])
+    @mock.patch.object(live_backup, 'qemu_pid', return_value=4242)
+    def test_waits_until_released(self, pid, holds):
+        live_backup.wait_target_released(_request(), '/snap/backup.qcow2')
+        self.assertEqual(3, holds.call_count)
+
+    def test_own_descriptors_are_seen(self):
+        # The check itself, on this process and a file it holds open.
+        with open(__file__) as f:
+            self.assertTrue(live_backup.holds_file(os.getpid(), f.name))
+        self.assertFalse(live_backup.holds_file(os.getpid(), __file__))

@@ -61,6 +61,74 @@ class QemuImgTestCase(base.BaseTestCase):
         self.useFixture(fixtures.MonkeyPatch(
             'snapdriver.qemu_img.QEMU_IMG', path))
 
+    def test_runs_with_the_service_environment(self):
+        # A qemu-img found only through PATH (as one in /usr/local/bin, or
+        # the operator's own), run with the locale forced to C and the
+        # rest of the service's environment (PATH, TMPDIR, proxies) kept.
+        bindir = self._path('bin')
+        os.mkdir(bindir)
+        seen = self._path('env.seen')
+        wrapper = os.path.join(bindir, 'qemu-img')
+        with open(wrapper, 'w') as f:
+            f.write('#!/bin/sh\nenv > %s\nexec %s "$@"\n'
+                    % (seen, shutil.which('qemu-img')))
+        os.chmod(wrapper, stat.S_IRWXU)
+        self.useFixture(fixtures.EnvironmentVariable(
+            'PATH', bindir + os.pathsep + os.environ.get('PATH', '')))
+        self.useFixture(fixtures.EnvironmentVariable(
+            'SNAPDRIVER_TEST_MARKER', 'kept'))
+        self.useFixture(fixtures.EnvironmentVariable('LC_ALL', 'fr_FR.UTF-8'))
+
+        info = qemu_img.info(self.overlay, 'qcow2')
+
+        self.assertEqual(4 * units.Mi, info.virtual_size)
+        self.assertTrue(os.path.exists(seen),
+                        'the qemu-img found through PATH did not run')
+        with open(seen) as f:
+            env = dict(line.split('=', 1) for line in f.read().splitlines()
+                       if '=' in line)
+        self.assertEqual('C', env['LC_ALL'])
+        self.assertEqual('C', env['LANG'])
+        self.assertEqual('kept', env['SNAPDRIVER_TEST_MARKER'])
+        self.assertTrue(env['PATH'].startswith(bindir + os.pathsep))
+
+    def _convert_cache_mode(self, mode=None):
+        """Convert with ``[snapdriver] convert_cache_mode = mode``; return
+        the ``-t`` value qemu-img got.
+        """
+        if mode is not None:
+            CONF.set_override('convert_cache_mode', mode, group='snapdriver')
+            self.addCleanup(CONF.clear_override, 'convert_cache_mode',
+                            group='snapdriver')
+        argv = self._path('argv')
+        self._fake_qemu_img('echo "$@" > %s; exec %s "$@"'
+                            % (argv, shutil.which('qemu-img')))
+        out = self._path('out.qcow2')
+        qemu_img.convert(self.overlay, 'qcow2', out, 'qcow2')
+        with open(argv) as f:
+            words = f.read().split()
+        self.assertEqual(4 * units.Mi,
+                         qemu_img.info(out, 'qcow2').virtual_size)
+        self.assertIn('-t', words)
+        return words[words.index('-t') + 1]
+
+    def test_convert_cache_mode_default_is_unsafe(self):
+        self.assertEqual('unsafe', self._convert_cache_mode())
+
+    def test_convert_cache_mode_writeback(self):
+        self.assertEqual('writeback', self._convert_cache_mode('writeback'))
+
+    def test_convert_cache_mode_none_uses_direct_io(self):
+        self.useFixture(fixtures.MockPatch(
+            'nova.privsep.utils.supports_direct_io', return_value=True))
+        self.assertEqual('none', self._convert_cache_mode('none'))
+
+    def test_convert_cache_mode_none_without_direct_io_is_writeback(self):
+        # As Nova does where the filesystem refuses O_DIRECT (tmpfs).
+        self.useFixture(fixtures.MockPatch(
+            'nova.privsep.utils.supports_direct_io', return_value=False))
+        self.assertEqual('writeback', self._convert_cache_mode('none'))
+
     def test_info_reports_size_and_backing(self):
         info = qemu_img.info(self.overlay, 'qcow2')
         self.assertEqual(4 * units.Mi, info.virtual_size)

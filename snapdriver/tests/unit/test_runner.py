@@ -15,20 +15,41 @@
 import logging
 import os
 import shutil
+import struct
 from unittest import mock
 
 import fixtures
+import libvirt
 from oslo_utils import units
 from oslotest import base
 
 from snapdriver import exception
 from snapdriver import qemu_img
 from snapdriver import runner
+from snapdriver.strategies import base as strategies_base
 from snapdriver.tests.unit import fakes
 
 _XML = """<domain><devices><disk type='file' device='disk'>
 <source file='%s'/><target dev='vda'/>%s</disk></devices></domain>"""
 _BACKING = "<backingStore type='file'><source file='%s'/></backingStore>"
+
+
+def write_hybrid_iso_headers(path):
+    """Give a raw image the signatures of a hybrid ISO (isohybrid, as
+    distribution installers ship): a protective MBR for GPT and an ISO 9660
+    volume descriptor at 32 KiB.
+    """
+    mbr = bytearray(512)
+    # One partition entry: not bootable, start CHS 0/2/0, type 0xEE (GPT
+    # protective), end CHS ff/ff/ff, start LBA 1.
+    mbr[446:462] = struct.pack('<B3BB3BII', 0, 0, 2, 0, 0xEE, 0xFF, 0xFF,
+                               0xFF, 1, 8191)
+    mbr[510:512] = b'\x55\xaa'
+    descriptor = b'\x01CD001\x01'
+    with open(path, 'r+b') as f:
+        f.write(mbr)
+        f.seek(32 * units.Ki)
+        f.write(descriptor)
 
 
 class CheckSourceTestCase(base.BaseTestCase):
@@ -83,6 +104,31 @@ class CheckSourceTestCase(base.BaseTestCase):
         self.assertIn('declared raw', str(e))
         self.assertIn('qcow2', str(e))
 
+    def test_raw_disk_holding_a_hybrid_iso_is_accepted(self):
+        # GPT and ISO 9660 at once: both are raw data to QEMU.
+        path = os.path.join(self.dir, 'hybrid.raw')
+        qemu_img.create(path, 'raw', 4 * units.Mi)
+        write_hybrid_iso_headers(path)
+        runner.check_source(self._request(path, fmt='raw'))
+
+    def test_raw_output_holding_a_hybrid_iso_is_accepted(self):
+        path = os.path.join(self.dir, 'hybrid.raw')
+        qemu_img.create(path, 'raw', 4 * units.Mi)
+        write_hybrid_iso_headers(path)
+        runner.check_output(path, 'raw')
+
+    def test_qcow2_that_is_also_an_iso_is_refused_with_a_typed_error(self):
+        # An ISO 9660 descriptor in the qcow2 file's unused header space.
+        with open(self.disk, 'r+b') as f:
+            f.seek(32 * units.Ki)
+            f.write(b'\x01CD001\x01')
+        e = self.assertRaises(
+            exception.DiskFormatMismatch, runner.check_source,
+            self._request(self.disk, xml_backing=self.base,
+                          backing=self.base))
+        self.assertIn('iso', str(e))
+        self.assertIn('qcow2', str(e))
+
     def test_output_with_a_backing_file_is_refused(self):
         self.assertRaises(exception.UnsafeDiskImage, runner.check_output,
                           self.disk, 'qcow2')
@@ -94,3 +140,64 @@ class CheckSourceTestCase(base.BaseTestCase):
         raw = os.path.join(self.dir, 'out.raw')
         qemu_img.convert(self.disk, 'qcow2', raw, 'raw')
         runner.check_output(raw, 'raw')
+
+
+class _LiveStrategyFailing(strategies_base.SnapshotStrategy):
+    """A live strategy whose libvirt call fails with ``error``."""
+
+    name = 'fake-live'
+    guest_state = strategies_base.GUEST_LIVE
+
+    def __init__(self, error):
+        self.error = error
+
+    def unsupported_reason(self, request):
+        return None
+
+    def space_needed(self, request):
+        return 0
+
+    def capture(self, request, out_path, run):
+        raise self.error
+
+
+class StoppedGuestTestCase(base.BaseTestCase):
+    """A libvirt call of a live strategy fails because the guest stopped."""
+
+    def setUp(self):
+        super().setUp()
+        if shutil.which('qemu-img') is None:
+            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
+                          'installs it)')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.disk = os.path.join(self.dir, 'disk')
+        qemu_img.create(self.disk, 'qcow2', 4 * units.Mi)
+        self.guest = mock.Mock()
+        self.guest.get_xml_desc.return_value = _XML % (self.disk, '')
+        self.request = fakes.make_request(
+            guest=self.guest, disk_path=self.disk, backing_file=None,
+            snapshots_directory=os.path.join(self.dir, 'snapshots'))
+
+    def _capture(self, code, message):
+        error = libvirt.libvirtError(message)
+        error.err = (code, 0, message, 0, None, None, None, 0, 0)
+        with runner.captured(self.request, _LiveStrategyFailing(error),
+                             power=None):
+            self.fail('the capture did not fail')
+
+    def test_monitor_gone_with_the_guest_is_a_stopped_guest(self):
+        # A guest destroyed while libvirt talks to its QEMU: libvirt
+        # reports a system error of the monitor, not "not running".
+        self.guest.is_active.return_value = False
+        e = self.assertRaises(
+            exception.GuestStoppedDuringSnapshot, self._capture,
+            libvirt.VIR_ERR_SYSTEM_ERROR,
+            'Unable to read from monitor: Connection reset by peer')
+        self.assertIn('Unable to read from monitor', str(e))
+
+    def test_error_of_a_running_guest_is_kept(self):
+        self.guest.is_active.return_value = True
+        e = self.assertRaises(
+            libvirt.libvirtError, self._capture,
+            libvirt.VIR_ERR_SYSTEM_ERROR, 'Unable to read from monitor')
+        self.assertNotIsInstance(e, exception.GuestStoppedDuringSnapshot)
