@@ -51,6 +51,9 @@ class DriverPolicyTestCase(test.NoDBTestCase):
     def setUp(self):
         super().setUp()
         self.useFixture(nova_fixtures.LibvirtFixture())
+        # The external per-domain lock of the driver and the command.
+        self.flags(lock_path=self.useFixture(fixtures.TempDir()).path,
+                   group='oslo_concurrency')
         self.driver = driver.LibvirtSnapshotDriver(fake.FakeVirtAPI(), False)
         self.build = self.useFixture(fixtures.MockPatch(
             'snapdriver.request.build')).mock
