@@ -544,13 +544,17 @@ class Box(object):
                 kdir, 'credential-keys')},
         }))
         manage = [_bin('keystone-manage'), '--config-file', conf]
-        self._run(manage + ['db_sync'])
         # NOTE: --config-file comes before the sub-command: without it
         # keystone-manage reads /etc/keystone/keystone.conf and writes the
-        # keys to /etc/keystone/fernet-keys.
-        for cmd in ('fernet_setup', 'credential_setup'):
-            self._run(manage + [cmd, '--keystone-user', 'root',
-                                '--keystone-group', 'root'])
+        # keys to /etc/keystone/fernet-keys. The key set-ups do not touch
+        # the database: they run beside db_sync.
+        with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+            jobs = [pool.submit(self._run, manage + ['db_sync'])]
+            jobs += [pool.submit(self._run, manage + [
+                cmd, '--keystone-user', 'root', '--keystone-group', 'root'])
+                for cmd in ('fernet_setup', 'credential_setup')]
+            for job in jobs:
+                job.result()
         for sub in ('fernet-keys', 'credential-keys'):
             if not os.listdir(os.path.join(kdir, sub)):
                 raise BoxError('keystone-manage wrote no keys to %s' %
@@ -866,7 +870,10 @@ class Box(object):
 
     def restart_compute(self, strategies=None):
         """Stop nova-compute and start it with other strategies."""
-        self.stop_process('nova-compute', timeout=20)
+        # NOTE: nova-compute takes 10-20 s to leave on SIGTERM when idle;
+        # with no request in flight (the callers wait for task_state None)
+        # five seconds of grace are enough.
+        self.stop_process('nova-compute', timeout=5)
         self.start_compute(strategies)
 
     # -- flavor and images ---------------------------------------------
@@ -966,12 +973,16 @@ class Box(object):
         for server in servers:
             sess.delete('/servers/%s' % server['id'], endpoint_filter=ep,
                         raise_exc=False)
+        deleted = ['server %s' % s['id'] for s in servers]
         deadline = time.monotonic() + 60
         while servers and time.monotonic() < deadline:
             servers = sess.get('/servers', endpoint_filter=ep).json()[
                 'servers']
             time.sleep(0.5)
-        return ['server %s' % s['id'] for s in servers]
+        for server in servers:
+            self.say('server %s not deleted after 60 s (%s); its domain is '
+                     'removed below' % (server['id'], server.get('status')))
+        return deleted
 
     def _remove_domains(self):
         """Remove every libvirt domain with a file in the box."""

@@ -20,10 +20,8 @@ and :func:`snapdriver.runner.captured`.
 """
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
 import stat
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from oslo_utils import excutils
 from oslo_utils import units
 import stevedore
 
+from snapdriver.cmd import common
 from snapdriver import conf
 from snapdriver import guest_state
 from snapdriver import request as snap_request
@@ -52,76 +51,6 @@ CONF = conf.CONF
 #: which a host without nova-compute lacks). libvirt's image pool is
 #: traversable by the QEMU user, as live strategies need.
 DEFAULT_WORK_PARENT = '/var/lib/libvirt/images'
-
-#: Exit codes.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A failure the command reports in one line, without a traceback."""
-
-    def __init__(self, message, code=EXIT_FAILED):
-        super().__init__(message)
-        self.code = code
-
-
-class Interrupted(Exception):
-    """Ctrl-C (SIGINT) or SIGTERM while a command runs.
-
-    An ``Exception``, unlike ``KeyboardInterrupt``: the runner and
-    :func:`snapdriver.guest_state.held` clean up and restore the guest on
-    ``Exception``, and a ``KeyboardInterrupt`` in the middle of a cold
-    snapshot would leave the guest managed-saved (shut off).
-    """
-
-
-_RECEIVED = {'signal': None}
-
-
-def interrupted():
-    """Return the name of the signal that interrupted the command, or None.
-
-    Libraries may catch :class:`Interrupted` as any ``Exception`` and raise
-    another error instead (oslo.config turns any error in an option lookup
-    into ``NoSuchOptError``); callers check this to know an error is really
-    an interrupt.
-    """
-    return _RECEIVED['signal']
-
-
-@contextlib.contextmanager
-def interrupts_as_exceptions():
-    """Raise :class:`Interrupted` on the first SIGINT or SIGTERM.
-
-    Later signals only print a note: the guest is being restored and the
-    temporary files removed, which an interrupt must not cut short.
-    """
-    signals = (signal.SIGINT, signal.SIGTERM)
-    _RECEIVED['signal'] = None
-
-    def _again(signum, frame):
-        sys.stderr.write('snapdriver: cleaning up, please wait\n')
-
-    def _first(signum, frame):
-        for sig in signals:
-            signal.signal(sig, _again)
-        _RECEIVED['signal'] = signal.Signals(signum).name
-        raise Interrupted(_RECEIVED['signal'])
-
-    try:
-        previous = [(sig, signal.signal(sig, _first)) for sig in signals]
-    except ValueError:
-        # Not the main thread (an embedding program): leave signals alone.
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous:
-            signal.signal(sig, handler)
-
 
 # Configuration and libvirt
 
@@ -165,8 +94,8 @@ def load_config(config_files, config_dirs):
     args = []
     for path in config_files or []:
         if not os.path.isfile(path):
-            raise CliError('config file %s does not exist' % path,
-                           EXIT_USAGE)
+            raise common.CliError('config file %s does not exist' % path,
+                           common.EXIT_USAGE)
         args += ['--config-file', path]
     for path in config_dirs or []:
         args += ['--config-dir', path]
@@ -194,7 +123,7 @@ def open_guest(ref):
     """Find a domain by name or UUID on ``[libvirt] connection_uri``.
 
     :returns: ``(virConnect, nova.virt.libvirt.guest.Guest)``.
-    :raises: :class:`CliError` when libvirt cannot be reached or no
+    :raises: :class:`common.CliError` when libvirt cannot be reached or no
         domain has that name or UUID.
     """
     libvirt.registerErrorHandler(_ignore_libvirt_error, None)
@@ -202,14 +131,14 @@ def open_guest(ref):
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as e:
-        raise CliError('cannot connect to libvirt at %s: %s (is libvirtd '
+        raise common.CliError('cannot connect to libvirt at %s: %s (is libvirtd '
                        'running? tools/setup-host.sh starts it)' % (uri, e))
     for dom in conn.listAllDomains(0):
         if ref in (dom.name(), dom.UUIDString()) or (
                 ref.lower() == dom.UUIDString()):
             return conn, libvirt_guest.Guest(dom)
     conn.close()
-    raise CliError('no domain named or with UUID "%s" on %s (virsh -c %s '
+    raise common.CliError('no domain named or with UUID "%s" on %s (virsh -c %s '
                    'list --all shows the domains)' % (ref, uri, uri))
 
 
@@ -217,7 +146,7 @@ def load_registry(names=None):
     try:
         return strategies.Registry.load(names)
     except (nova_exception.Invalid, nova_exception.NovaException) as e:
-        raise CliError(str(e), EXIT_USAGE)
+        raise common.CliError(str(e), common.EXIT_USAGE)
 
 
 # snapdriver strategies
@@ -256,7 +185,7 @@ def cmd_strategies(args, out):
     out.write('\n[snapdriver] strategies = %s\n' % ', '.join(configured))
     if missing:
         out.write('Not installed: %s\n' % ', '.join(missing))
-    return EXIT_FAILED if failures or missing else EXIT_OK
+    return common.EXIT_FAILED if failures or missing else common.EXIT_OK
 
 
 # snapdriver plan
@@ -300,8 +229,8 @@ def cmd_plan(args, out):
     if chosen is None:
         out.write('no strategy applies: the snapshot would fail before '
                   'the guest is touched\n')
-        return EXIT_FAILED
-    return EXIT_OK
+        return common.EXIT_FAILED
+    return common.EXIT_OK
 
 
 def _mode(strategy):
@@ -320,25 +249,17 @@ def _check_output(path, force):
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     if os.path.isdir(path):
-        raise CliError('output %s is a directory; give a file name' % path,
-                       EXIT_USAGE)
+        raise common.CliError('output %s is a directory; give a file name' % path,
+                       common.EXIT_USAGE)
     if os.path.lexists(path) and not force:
-        raise CliError('output %s already exists; remove it or pass '
-                       '--force to replace it' % path, EXIT_USAGE)
+        raise common.CliError('output %s already exists; remove it or pass '
+                       '--force to replace it' % path, common.EXIT_USAGE)
     if not os.path.isdir(parent):
-        raise CliError('the directory of output %s does not exist'
-                       % path, EXIT_USAGE)
+        raise common.CliError('the directory of output %s does not exist'
+                       % path, common.EXIT_USAGE)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise CliError('cannot write output %s: the directory %s is not '
-                       'writable by this user' % (path, parent), EXIT_USAGE)
-    return path
-
-
-def _private_dir(parent):
-    # mkdtemp: 0o700; then 0o711 so QEMU can traverse (not list) it to
-    # reach the overlay of a live strategy in the work dir below.
-    path = tempfile.mkdtemp(prefix='snapdriver-cli-', dir=parent)
-    os.chmod(path, stat.S_IRWXU | stat.S_IXGRP | stat.S_IXOTH)
+        raise common.CliError('cannot write output %s: the directory %s is not '
+                       'writable by this user' % (path, parent), common.EXIT_USAGE)
     return path
 
 
@@ -353,11 +274,11 @@ def choose_work_dir(requested):
     if requested:
         path = os.path.abspath(requested)
         if not os.path.isdir(path):
-            raise CliError('work directory %s does not exist' % path,
-                           EXIT_USAGE)
+            raise common.CliError('work directory %s does not exist' % path,
+                           common.EXIT_USAGE)
         if not os.access(path, os.W_OK | os.X_OK):
-            raise CliError('work directory %s is not writable' % path,
-                           EXIT_USAGE)
+            raise common.CliError('work directory %s is not writable' % path,
+                           common.EXIT_USAGE)
         return path, False
     configured = CONF.libvirt.snapshots_directory
     if os.path.isdir(configured) and os.access(configured,
@@ -365,9 +286,9 @@ def choose_work_dir(requested):
         return configured, False
     for parent in (DEFAULT_WORK_PARENT, tempfile.gettempdir()):
         if os.access(parent, os.W_OK | os.X_OK):
-            return _private_dir(parent), True
-    raise CliError('no writable work directory: pass --work-dir',
-                   EXIT_USAGE)
+            return common.private_dir(parent), True
+    raise common.CliError('no writable work directory: pass --work-dir',
+                   common.EXIT_USAGE)
 
 
 def untraversable_parent(path):
@@ -428,13 +349,6 @@ class Progress(object):
         for bar in self.bars.values():
             bar.close()
         self.bars = {}
-
-
-def _human_size(nbytes):
-    for unit in ('B', 'KiB', 'MiB', 'GiB'):
-        if nbytes < 1024 or unit == 'GiB':
-            return ('%d %s' if unit == 'B' else '%.1f %s') % (nbytes, unit)
-        nbytes /= 1024.0
 
 
 def _place_output(src, dest):
@@ -505,17 +419,17 @@ def _snapshot(args, out, registry, guest, output, workdir):
     try:
         strategy, _skipped = registry.choose(request)
     except nova_exception.NovaException as e:
-        raise CliError(str(e))
+        raise common.CliError(str(e))
     if strategy.delegates_to_driver:
-        raise CliError('strategy %s runs only inside nova-compute; choose '
-                       'another with --strategy' % strategy.name, EXIT_USAGE)
+        raise common.CliError('strategy %s runs only inside nova-compute; choose '
+                       'another with --strategy' % strategy.name, common.EXIT_USAGE)
     if strategy.guest_state == base.GUEST_LIVE and request.is_active:
         blocked = untraversable_parent(workdir)
         if blocked is not None:
-            raise CliError('QEMU cannot reach the work directory %s: %s is '
+            raise common.CliError('QEMU cannot reach the work directory %s: %s is '
                            'not traversable by other users (chmod o+x, or '
                            'pass --work-dir)' % (workdir, blocked),
-                           EXIT_USAGE)
+                           common.EXIT_USAGE)
     progress = Progress()
     power = guest_state.LibvirtPowerControl(guest)
     try:
@@ -523,12 +437,12 @@ def _snapshot(args, out, registry, guest, output, workdir):
                              progress=progress) as (out_path, run):
             progress.close()
             if os.path.lexists(output) and not args.force:
-                raise CliError('output %s appeared during the snapshot; '
+                raise common.CliError('output %s appeared during the snapshot; '
                                'not replacing it' % output)
             _place_output(out_path, output)
     except nova_exception.NovaException as e:
         _ensure_restored(request, guest)
-        raise CliError(str(e))
+        raise common.CliError(str(e))
     except BaseException:
         with excutils.save_and_reraise_exception():
             _ensure_restored(request, guest)
@@ -542,19 +456,29 @@ def _snapshot(args, out, registry, guest, output, workdir):
     out.write('  total time:      %.2f s\n' % summary['total_seconds'])
     out.write('  guest downtime:  %.3f s\n' % summary['downtime_seconds'])
     out.write('  output size:     %s (%d bytes)\n'
-              % (_human_size(summary['output_bytes']),
+              % (common.human_size(summary['output_bytes']),
                  summary['output_bytes']))
     out.write('  phases:          %s\n' % ', '.join(
         '%s %.2f s' % item for item in summary['phases'].items()))
-    return EXIT_OK
+    return common.EXIT_OK
 
 
 # snapdriver demo
 
 
-def cmd_demo(args, out):
+def cmd_driver_demo(args, out):
     from snapdriver import demo
     return demo.run(args, out)
+
+
+def cmd_demo(args, out):
+    from snapdriver.box import demo
+    return demo.run(args, out)
+
+
+def cmd_box(args, out):
+    from snapdriver.box import cmd as box_cmd
+    return box_cmd.run(args, out)
 
 
 def build_parser():
@@ -609,9 +533,41 @@ def build_parser():
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser(
-        'demo', help='snapshot a throwaway domain with every strategy in '
-                     'every guest state through a real Glance, verify '
-                     'each image and print a table.')
+        'demo', help='the main job: bring the box up, boot a writing guest '
+                     'through Nova, "openstack server image create" with '
+                     'every strategy that applies, boot a clone of each '
+                     'snapshot and read the data back; print a table.')
+    p.add_argument('--strategy', action='append', dest='strategies',
+                   metavar='NAME',
+                   help='run only this strategy (repeatable; default: the '
+                        'default order, then each installed strategy).')
+    p.add_argument('--box-dir', default=_box_default_dir(), metavar='DIR',
+                   help='where the box lives while the demo runs (default: '
+                        '%(default)s).')
+    p.add_argument('--keep', action='store_true',
+                   help='leave the box running at the end.')
+    p.set_defaults(func=cmd_demo, quiet_logs=True)
+
+    p = sub.add_parser(
+        'box', help='a compute host in a box on 127.0.0.1: start, status, '
+                    'stop.')
+    p.add_argument('action', choices=('start', 'status', 'stop', 'run'),
+                   help='start: start it and return; run: start it and '
+                        'stop it on Ctrl-C; status; stop: remove '
+                        'everything it made.')
+    p.add_argument('--box-dir', default=_box_default_dir(), metavar='DIR',
+                   help='the box directory (default: %(default)s).')
+    p.add_argument('--strategy', action='append', dest='strategies',
+                   metavar='NAME',
+                   help='[snapdriver] strategies of nova-compute '
+                        '(repeatable; default: the driver\'s order).')
+    p.set_defaults(func=cmd_box, quiet_logs=True)
+
+    p = sub.add_parser(
+        'driver-demo', help='snapshot a throwaway domain with every '
+                            'strategy in every guest state straight '
+                            'through the driver and a real Glance, verify '
+                            'each image and print a table.')
     p.add_argument('--strategy', action='append', dest='strategies',
                    metavar='NAME',
                    help='run only this strategy (repeatable; default: all '
@@ -624,8 +580,12 @@ def build_parser():
                    help='image format (default: qcow2).')
     p.add_argument('--size-mib', type=int, default=256, metavar='MIB',
                    help='virtual size of the demo disk (default: 256).')
-    p.set_defaults(func=cmd_demo, quiet_logs=True)
+    p.set_defaults(func=cmd_driver_demo, quiet_logs=True)
     return parser
+
+
+def _box_default_dir():
+    return os.environ.get('SNAPDRIVER_BOX_DIR', '/var/tmp/snapdriver-box')
 
 
 def main(argv=None, out=None):
@@ -643,22 +603,22 @@ def main(argv=None, out=None):
     try:
         load_config(args.config_file, args.config_dir)
         setup_logging(args.debug, args.quiet_logs)
-        with interrupts_as_exceptions():
+        with common.interrupts_as_exceptions():
             return args.func(args, out)
-    except CliError as e:
+    except common.CliError as e:
         sys.stderr.write('snapdriver %s: error: %s\n' % (args.command, e))
         return e.code
     except BaseException as e:
-        if not (interrupted() or isinstance(e, KeyboardInterrupt)):
+        if not (common.interrupted() or isinstance(e, KeyboardInterrupt)):
             raise
         sys.stderr.write('snapdriver %s: interrupted by %s; cleaned up\n'
-                         % (args.command, interrupted() or 'SIGINT'))
+                         % (args.command, common.interrupted() or 'SIGINT'))
         return 130
 
 
 if __name__ == '__main__':
     # NOTE: "python -m snapdriver.cmd.cli" runs a second copy of this
     # module as __main__; use the package's, so that demo.py and main()
-    # share one Interrupted class.
+    # share one common.Interrupted class.
     from snapdriver.cmd import cli as _cli
     sys.exit(_cli.main())
