@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``snapdriver driver-demo``: every strategy, every guest state, a real Glance.
+"""``snapdriver driver-demo``: every strategy and guest state, a real Glance.
 
 Nothing is set up by hand and nothing is faked but Nova's compute manager:
 
@@ -189,9 +189,9 @@ def ensure_host(out):
     result = subprocess.run(['bash', script], check=False)
     reason = real_fixtures().libvirt_unavailable_reason()
     if reason is not None:
-        raise common.CliError('%s failed (exit code %d) and libvirt is still '
-                           'not ready: %s' % (script, result.returncode,
-                                              reason))
+        raise common.CliError(
+            '%s failed (exit code %d) and libvirt is still not ready: %s'
+            % (script, result.returncode, reason))
 
 
 def set_state(domain, state):
@@ -491,18 +491,20 @@ def run(args, out):
     names = args.strategies or available
     unknown = sorted(set(names) - set(available))
     if unknown:
-        raise common.CliError('unknown strategies %s; installed: %s'
-                           % (', '.join(unknown), ', '.join(available)),
-                           common.EXIT_USAGE)
+        raise common.CliError(
+            'unknown strategies %s; installed: %s'
+            % (', '.join(unknown), ', '.join(available)), common.EXIT_USAGE)
     if args.size_mib < 16:
-        raise common.CliError('--size-mib must be at least 16', common.EXIT_USAGE)
+        raise common.CliError('--size-mib must be at least 16',
+                              common.EXIT_USAGE)
     states = [s for s in STATES if s in (args.states or STATES)]
     try:
         real_fixtures()
     except ImportError as e:
-        raise common.CliError('the demo needs the test fixtures of snapdriver '
-                           '(%s): run it with "tox -e demo", or pip install '
-                           'fixtures "glance==33.*" gunicorn' % e)
+        raise common.CliError(
+            'the demo needs the test fixtures of snapdriver (%s): run it '
+            'with "tox -e driver-demo", or pip install fixtures '
+            '"glance==33.*" gunicorn' % e)
     ensure_host(out)
     demo = Demo(out, names, states, args.format, args.size_mib)
     interrupted = False

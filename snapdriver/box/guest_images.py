@@ -32,10 +32,11 @@ import tempfile
 
 from snapdriver.tests.functional import writer_guest
 
-#: Root disk of the image: its virtual size (the flavor's 1 GiB root disk
-#: grows it) and the writer's rate in 4 KiB blocks a second. 50/s fills
-#: 128 MiB in ~11 minutes, longer than a demo's source server lives.
-ROOT_DISK_MIB = 128
+#: Root disk of the image: its virtual size (the box's flavor has disk 0:
+#: the root disk keeps the image's size, and a check of a snapshot reads
+#: no more than that) and the writer's rate in 4 KiB blocks a second. 50/s
+#: fills 256 MiB in ~22 minutes, longer than a demo's source server lives.
+ROOT_DISK_MIB = 256
 WRITER_RATE = 50
 ROOT_IMAGE = 'snapbox-writer'
 

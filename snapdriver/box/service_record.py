@@ -20,8 +20,9 @@ the host's libvirtd with whatever else runs domains there (other test
 runs), which are not Nova's instances; the guard only runs when the
 service has no record yet, so the box writes the record first, as the
 first start would have, and the node identity file (``compute_id`` in
-``state_path``) that an existing service must have. Run as ``python -m snapdriver.box.service_record
---config-file nova.conf`` (a configuration with ``[database]``).
+``state_path``) that an existing service must have. Run as
+``python -m snapdriver.box.service_record --config-file nova.conf`` (a
+configuration with ``[database]``).
 """
 
 import sys

@@ -110,6 +110,30 @@ def _ini(sections):
     return '\n'.join(out)
 
 
+def _sqlite_url(path):
+    """An SQLAlchemy URL for an sqlite file shared by several processes.
+
+    NOTE: nova-api, conductor and scheduler write to the same files; with
+    sqlite's default 5 s busy timeout a write waiting behind another
+    failed with "database is locked" (a snapshot then failed in
+    nova-compute, through the conductor). Writers wait up to a minute.
+    """
+    return 'sqlite:///%s?timeout=60' % path
+
+
+def _wal(path):
+    """Put an sqlite database in WAL mode (persistent, in the file).
+
+    Readers then no longer block the writer, nor the writer the readers.
+    """
+    import sqlite3
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute('PRAGMA journal_mode=WAL')
+    finally:
+        conn.close()
+
+
 def unavailable_reason():
     """Why the box cannot run on this host, or None."""
     if os.geteuid() != 0:
@@ -533,8 +557,8 @@ class Box(object):
         conf = self.path('etc', 'keystone.conf')
         _write(conf, _ini({
             'DEFAULT': {'log_file': self.log('keystone-app')},
-            'database': {'connection': 'sqlite:///%s' % os.path.join(
-                kdir, 'keystone.sqlite')},
+            'database': {'connection': _sqlite_url(os.path.join(
+                kdir, 'keystone.sqlite'))},
             'token': {'provider': 'fernet'},
             'fernet_tokens': {'key_repository': os.path.join(
                 kdir, 'fernet-keys')},
@@ -555,6 +579,7 @@ class Box(object):
                 for cmd in ('fernet_setup', 'credential_setup')]
             for job in jobs:
                 job.result()
+        _wal(os.path.join(kdir, 'keystone.sqlite'))
         for sub in ('fernet-keys', 'credential-keys'):
             if not os.listdir(os.path.join(kdir, sub)):
                 raise BoxError('keystone-manage wrote no keys to %s' %
@@ -638,13 +663,14 @@ class Box(object):
         _write(conf, _ini({
             'DEFAULT': {'log_file': self.log('placement-app')},
             'placement_database': {
-                'connection': 'sqlite:///%s' % self.path(
-                    'placement.sqlite')},
+                'connection': _sqlite_url(self.path(
+                    'placement.sqlite'))},
             'api': {'auth_strategy': 'keystone'},
             'keystone_authtoken': self._authtoken_section(),
         }))
         self._run([_bin('placement-manage'), '--config-file', conf, 'db',
                    'sync'])
+        _wal(self.path('placement.sqlite'))
 
     def _placement_api(self):
         self._gunicorn('placement-api', 'placement.wsgi.api:application',
@@ -675,8 +701,8 @@ class Box(object):
                 # single requests; an image is at most a few hundred MiB.
                 'image_size_cap': 10 * 1024 ** 3,
             },
-            'database': {'connection': 'sqlite:///%s' % os.path.join(
-                gdir, 'glance.sqlite')},
+            'database': {'connection': _sqlite_url(os.path.join(
+                gdir, 'glance.sqlite'))},
             'glance_store': {'default_backend': 'fs'},
             'fs': {'filesystem_store_datadir': os.path.join(gdir, 'images')},
             'os_glance_staging_store': {
@@ -687,6 +713,7 @@ class Box(object):
             'keystone_authtoken': self._authtoken_section(),
         }))
         self._run([_bin('glance-manage'), '--config-file', conf, 'db_sync'])
+        _wal(os.path.join(gdir, 'glance.sqlite'))
 
     def _glance_api(self):
         self._gunicorn('glance-api', 'glance.wsgi.api:application',
@@ -725,6 +752,9 @@ class Box(object):
                 'osapi_compute_workers': '1',
                 'metadata_workers': '1',
                 'graceful_shutdown_timeout': '5',
+                # The box waits for nova-compute's first report after a
+                # (re)start: report every 2 s, not every 10.
+                'report_interval': '2',
             },
             'conductor': {'workers': '1'},
             'scheduler': {'workers': '1'},
@@ -768,10 +798,10 @@ class Box(object):
         s['DEFAULT']['vif_plugging_is_fatal'] = 'False'
         s['DEFAULT']['vif_plugging_timeout'] = '0'
         if with_db:
-            s['api_database'] = {'connection': 'sqlite:///%s' % self.path(
-                'nova_api.sqlite')}
-            s['database'] = {'connection': 'sqlite:///%s' % self.path(
-                'nova_cell1.sqlite')}
+            s['api_database'] = {'connection': _sqlite_url(self.path(
+                'nova_api.sqlite'))}
+            s['database'] = {'connection': _sqlite_url(self.path(
+                'nova_cell1.sqlite'))}
         return s
 
     def _privsep_helper(self):
@@ -804,12 +834,14 @@ class Box(object):
                   self.path('etc', 'nova.conf')]
         self._run(manage + ['api_db', 'sync'])
         self._run(manage + ['cell_v2', 'map_cell0', '--database_connection',
-                            'sqlite:///%s' % self.path('nova_cell0.sqlite')])
+                            _sqlite_url(self.path('nova_cell0.sqlite'))])
         self._run(manage + ['db', 'sync'])
         self._run(manage + ['cell_v2', 'create_cell', '--name', 'cell1',
                             '--transport-url', self.transport_url,
                             '--database_connection',
-                            'sqlite:///%s' % self.path('nova_cell1.sqlite')])
+                            _sqlite_url(self.path('nova_cell1.sqlite'))])
+        for name in ('nova_api', 'nova_cell0', 'nova_cell1'):
+            _wal(self.path('%s.sqlite' % name))
 
     def _nova_api(self):
         self._gunicorn('nova-api', 'nova.wsgi.osapi_compute:application',
@@ -879,9 +911,12 @@ class Box(object):
     # -- flavor and images ---------------------------------------------
 
     def _flavor(self):
+        # NOTE: disk 0: the root disk is as large as the image (a "zero
+        # disk flavor", which only an admin may boot from, as the box's
+        # one user is).
         sess = self.session()
         body = {'flavor': {'name': FLAVOR_NAME, 'ram': 256, 'vcpus': 1,
-                           'disk': 1, 'id': 'snapbox-tiny'}}
+                           'disk': 0, 'id': 'snapbox-tiny'}}
         sess.post('/flavors', json=body,
                   endpoint_filter={'service_type': 'compute'})
         self.state['flavor'] = FLAVOR_NAME
@@ -942,13 +977,17 @@ class Box(object):
             except Exception as e:  # noqa: best effort, domains go below
                 self.say('could not delete the servers through the API: '
                          '%s' % e)
-        for name in STOP_ORDER:
-            if name in self.processes():
-                self.stop_process(name, timeout=5 if name.startswith(
-                    'nova-') else 15)
-                removed.append('process %s' % name)
-        for name in set(self.processes()) - set(STOP_ORDER):
-            self.stop_process(name)
+        names = [n for n in STOP_ORDER if n in self.processes()]
+        names += sorted(set(self.processes()) - set(STOP_ORDER))
+        # SIGTERM to all at once, then wait for all: one grace period,
+        # not one per service.
+        for name in names:
+            try:
+                os.killpg(self.processes()[name]['pid'], signal.SIGTERM)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for name in names:
+            self.stop_process(name, timeout=10)
             removed.append('process %s' % name)
         if self.state.get('epmd_port'):
             try:

@@ -52,6 +52,18 @@ CONF = conf.CONF
 #: traversable by the QEMU user, as live strategies need.
 DEFAULT_WORK_PARENT = '/var/lib/libvirt/images'
 
+# NOTE: the exit codes, errors and interrupt handling are shared with
+# snapdriver.demo and snapdriver.box (snapdriver.cmd.common); the names stay
+# here too, for the callers of this module.
+EXIT_OK = common.EXIT_OK
+EXIT_FAILED = common.EXIT_FAILED
+EXIT_USAGE = common.EXIT_USAGE
+CliError = common.CliError
+Interrupted = common.Interrupted
+interrupted = common.interrupted
+interrupts_as_exceptions = common.interrupts_as_exceptions
+
+
 # Configuration and libvirt
 
 
@@ -94,8 +106,8 @@ def load_config(config_files, config_dirs):
     args = []
     for path in config_files or []:
         if not os.path.isfile(path):
-            raise common.CliError('config file %s does not exist' % path,
-                           common.EXIT_USAGE)
+            raise CliError('config file %s does not exist' % path,
+                           EXIT_USAGE)
         args += ['--config-file', path]
     for path in config_dirs or []:
         args += ['--config-dir', path]
@@ -123,7 +135,7 @@ def open_guest(ref):
     """Find a domain by name or UUID on ``[libvirt] connection_uri``.
 
     :returns: ``(virConnect, nova.virt.libvirt.guest.Guest)``.
-    :raises: :class:`common.CliError` when libvirt cannot be reached or no
+    :raises: :class:`CliError` when libvirt cannot be reached or no
         domain has that name or UUID.
     """
     libvirt.registerErrorHandler(_ignore_libvirt_error, None)
@@ -131,14 +143,14 @@ def open_guest(ref):
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as e:
-        raise common.CliError('cannot connect to libvirt at %s: %s (is libvirtd '
+        raise CliError('cannot connect to libvirt at %s: %s (is libvirtd '
                        'running? tools/setup-host.sh starts it)' % (uri, e))
     for dom in conn.listAllDomains(0):
         if ref in (dom.name(), dom.UUIDString()) or (
                 ref.lower() == dom.UUIDString()):
             return conn, libvirt_guest.Guest(dom)
     conn.close()
-    raise common.CliError('no domain named or with UUID "%s" on %s (virsh -c %s '
+    raise CliError('no domain named or with UUID "%s" on %s (virsh -c %s '
                    'list --all shows the domains)' % (ref, uri, uri))
 
 
@@ -146,7 +158,7 @@ def load_registry(names=None):
     try:
         return strategies.Registry.load(names)
     except (nova_exception.Invalid, nova_exception.NovaException) as e:
-        raise common.CliError(str(e), common.EXIT_USAGE)
+        raise CliError(str(e), EXIT_USAGE)
 
 
 # snapdriver strategies
@@ -185,7 +197,7 @@ def cmd_strategies(args, out):
     out.write('\n[snapdriver] strategies = %s\n' % ', '.join(configured))
     if missing:
         out.write('Not installed: %s\n' % ', '.join(missing))
-    return common.EXIT_FAILED if failures or missing else common.EXIT_OK
+    return EXIT_FAILED if failures or missing else EXIT_OK
 
 
 # snapdriver plan
@@ -229,8 +241,8 @@ def cmd_plan(args, out):
     if chosen is None:
         out.write('no strategy applies: the snapshot would fail before '
                   'the guest is touched\n')
-        return common.EXIT_FAILED
-    return common.EXIT_OK
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def _mode(strategy):
@@ -249,17 +261,17 @@ def _check_output(path, force):
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
     if os.path.isdir(path):
-        raise common.CliError('output %s is a directory; give a file name' % path,
-                       common.EXIT_USAGE)
+        raise CliError('output %s is a directory; give a file name' % path,
+                       EXIT_USAGE)
     if os.path.lexists(path) and not force:
-        raise common.CliError('output %s already exists; remove it or pass '
-                       '--force to replace it' % path, common.EXIT_USAGE)
+        raise CliError('output %s already exists; remove it or pass '
+                       '--force to replace it' % path, EXIT_USAGE)
     if not os.path.isdir(parent):
-        raise common.CliError('the directory of output %s does not exist'
-                       % path, common.EXIT_USAGE)
+        raise CliError('the directory of output %s does not exist'
+                       % path, EXIT_USAGE)
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise common.CliError('cannot write output %s: the directory %s is not '
-                       'writable by this user' % (path, parent), common.EXIT_USAGE)
+        raise CliError('cannot write output %s: the directory %s is not '
+                       'writable by this user' % (path, parent), EXIT_USAGE)
     return path
 
 
@@ -274,11 +286,11 @@ def choose_work_dir(requested):
     if requested:
         path = os.path.abspath(requested)
         if not os.path.isdir(path):
-            raise common.CliError('work directory %s does not exist' % path,
-                           common.EXIT_USAGE)
+            raise CliError('work directory %s does not exist' % path,
+                           EXIT_USAGE)
         if not os.access(path, os.W_OK | os.X_OK):
-            raise common.CliError('work directory %s is not writable' % path,
-                           common.EXIT_USAGE)
+            raise CliError('work directory %s is not writable' % path,
+                           EXIT_USAGE)
         return path, False
     configured = CONF.libvirt.snapshots_directory
     if os.path.isdir(configured) and os.access(configured,
@@ -287,8 +299,8 @@ def choose_work_dir(requested):
     for parent in (DEFAULT_WORK_PARENT, tempfile.gettempdir()):
         if os.access(parent, os.W_OK | os.X_OK):
             return common.private_dir(parent), True
-    raise common.CliError('no writable work directory: pass --work-dir',
-                   common.EXIT_USAGE)
+    raise CliError('no writable work directory: pass --work-dir',
+                   EXIT_USAGE)
 
 
 def untraversable_parent(path):
@@ -419,17 +431,17 @@ def _snapshot(args, out, registry, guest, output, workdir):
     try:
         strategy, _skipped = registry.choose(request)
     except nova_exception.NovaException as e:
-        raise common.CliError(str(e))
+        raise CliError(str(e))
     if strategy.delegates_to_driver:
-        raise common.CliError('strategy %s runs only inside nova-compute; choose '
-                       'another with --strategy' % strategy.name, common.EXIT_USAGE)
+        raise CliError('strategy %s runs only inside nova-compute; choose '
+                       'another with --strategy' % strategy.name, EXIT_USAGE)
     if strategy.guest_state == base.GUEST_LIVE and request.is_active:
         blocked = untraversable_parent(workdir)
         if blocked is not None:
-            raise common.CliError('QEMU cannot reach the work directory %s: %s is '
+            raise CliError('QEMU cannot reach the work directory %s: %s is '
                            'not traversable by other users (chmod o+x, or '
                            'pass --work-dir)' % (workdir, blocked),
-                           common.EXIT_USAGE)
+                           EXIT_USAGE)
     progress = Progress()
     power = guest_state.LibvirtPowerControl(guest)
     try:
@@ -437,12 +449,12 @@ def _snapshot(args, out, registry, guest, output, workdir):
                              progress=progress) as (out_path, run):
             progress.close()
             if os.path.lexists(output) and not args.force:
-                raise common.CliError('output %s appeared during the snapshot; '
+                raise CliError('output %s appeared during the snapshot; '
                                'not replacing it' % output)
             _place_output(out_path, output)
     except nova_exception.NovaException as e:
         _ensure_restored(request, guest)
-        raise common.CliError(str(e))
+        raise CliError(str(e))
     except BaseException:
         with excutils.save_and_reraise_exception():
             _ensure_restored(request, guest)
@@ -460,7 +472,7 @@ def _snapshot(args, out, registry, guest, output, workdir):
                  summary['output_bytes']))
     out.write('  phases:          %s\n' % ', '.join(
         '%s %.2f s' % item for item in summary['phases'].items()))
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 # snapdriver demo
@@ -603,22 +615,22 @@ def main(argv=None, out=None):
     try:
         load_config(args.config_file, args.config_dir)
         setup_logging(args.debug, args.quiet_logs)
-        with common.interrupts_as_exceptions():
+        with interrupts_as_exceptions():
             return args.func(args, out)
-    except common.CliError as e:
+    except CliError as e:
         sys.stderr.write('snapdriver %s: error: %s\n' % (args.command, e))
         return e.code
     except BaseException as e:
-        if not (common.interrupted() or isinstance(e, KeyboardInterrupt)):
+        if not (interrupted() or isinstance(e, KeyboardInterrupt)):
             raise
         sys.stderr.write('snapdriver %s: interrupted by %s; cleaned up\n'
-                         % (args.command, common.interrupted() or 'SIGINT'))
+                         % (args.command, interrupted() or 'SIGINT'))
         return 130
 
 
 if __name__ == '__main__':
     # NOTE: "python -m snapdriver.cmd.cli" runs a second copy of this
     # module as __main__; use the package's, so that demo.py and main()
-    # share one common.Interrupted class.
+    # share one Interrupted class.
     from snapdriver.cmd import cli as _cli
     sys.exit(_cli.main())

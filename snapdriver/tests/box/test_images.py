@@ -114,3 +114,78 @@ class SnapshotPatternTest(base.BoxTestCase):
         self.addCleanup(self._delete_quietly, clone['id'])
         self.assertEqual('ACTIVE', clone['status'])
         self.assertTrue(self.client.read_back(clone, n, run_id))
+
+
+class BackupAndShelveTest(base.BoxTestCase):
+    """createBackup with rotation, shelve/unshelve.
+
+    The compute manager's other callers of snapshot().
+    """
+
+    def _images_of(self, server_id, image_type):
+        images = self.client.osc('image', 'list', '--long', '--property',
+                                 'instance_uuid=%s' % server_id)
+        found = []
+        for image in images:
+            full = self.client.image(image['ID'])
+            if full['properties'].get('image_type') == image_type:
+                found.append(full)
+        return sorted(found, key=lambda i: i['created_at'])
+
+    def test_create_backup_with_rotation(self):
+        # tempest: test_server_actions.test_create_backup
+        server = self.boot_writer()
+        made = []
+        for i in range(3):
+            self.client.wait_for_seq(server,
+                                     self.client.console_seq(server) + 5)
+            before = self.client.console_seq(server)
+            self.client.run(['openstack', 'server', 'backup', 'create',
+                             '--name', 'backup-%d' % i, '--type', 'daily',
+                             '--rotate', '2', '--wait', server['id']])
+            self.assertServerBack(server, 'ACTIVE')
+            backups = self._images_of(server['id'], 'backup')
+            made.append((before, backups[-1]['id']))
+            for image in backups:
+                self.delete_image_later(image['id'])
+        backups = self._images_of(server['id'], 'backup')
+        # Rotation 2: the first backup was deleted, the last two stay.
+        self.assertEqual([made[1][1], made[2][1]],
+                         [b['id'] for b in backups])
+        newest = backups[-1]
+        self.assertEqual('active', newest['status'])
+        self.assertEqual('daily', newest['properties'].get('backup_type'))
+        self.assertSnapshotImage(newest, server, made[2][0])
+        self.assertNoSnapshotLeftovers()
+
+    def test_shelve_offload_unshelve(self):
+        # tempest: test_shelve_instance.test_shelve_instance (scenario)
+        server = self.boot_writer()
+        self.client.wait_for_seq(server, 20)
+        self.client.run(['openstack', 'server', 'shelve', server['id']])
+        shelved = self.client.wait_for_server(server['id'],
+                                              'SHELVED_OFFLOADED')
+        before = self.client.console_seq(server)
+        images = self._images_of(server['id'], 'snapshot')
+        self.assertEqual(1, len(images), images)
+        image = images[0]
+        self.delete_image_later(image['id'])
+        self.assertEqual('%s-shelved' % shelved['name'], image['name'])
+        n, run_id = self.assertSnapshotImage(image, server, before)
+        # Offloaded: no domain and no instance files left on the host.
+        self.assertFalse(any(self.client.domain_name(server) == d
+                             for d in self._domain_names()))
+        self.assertNoSnapshotLeftovers()
+        # Unshelve from that image, as a reader: the guest finds the data.
+        self.client.make_reader(image['id'])
+        self.client.run(['openstack', 'server', 'unshelve', server['id']])
+        server = self.client.wait_for_server(server['id'], 'ACTIVE')
+        self.assertTrue(self.client.read_back(server, n, run_id))
+
+    def _domain_names(self):
+        import libvirt
+        conn = libvirt.open('qemu:///system')
+        try:
+            return [d.name() for d in conn.listAllDomains()]
+        finally:
+            conn.close()
