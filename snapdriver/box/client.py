@@ -89,7 +89,14 @@ class BoxClient(object):
                 '--image', image, '--nic', 'none']
         if wait:
             args.append('--wait')
-        return self.osc(*(args + [name]))
+        try:
+            return self.osc(*(args + [name]))
+        except ClientError as e:
+            # "Error creating server" says nothing: add the fault.
+            proc = self.run(['openstack', 'server', 'show', name, '-c',
+                             'fault', '-f', 'value'], check=False)
+            raise ClientError(e.cmd, e.returncode,
+                              e.output + ' fault: ' + proc.stdout)
 
     def server(self, server_id):
         return self.osc('server', 'show', server_id)

@@ -67,6 +67,7 @@ class Demo(object):
         self.rows = []
         self.t0 = time.monotonic()
         self.client = None
+        self.failed = False
         self.source = None
         self.workdir = None
 
@@ -116,6 +117,7 @@ class Demo(object):
                 self.one(row)
             except (box_client.ClientError, AssertionError,
                     services.BoxError, subprocess.SubprocessError) as e:
+                self.failed = True
                 row.error = str(e)
                 self.say('  FAILED: %s' % e)
 
@@ -236,6 +238,8 @@ class Demo(object):
             return
         self.say('stopping the box: servers, domains, daemons, files')
         t0 = time.monotonic()
+        if self.failed:
+            self.box.save_logs()
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self.box.stop()
@@ -258,6 +262,7 @@ def run(args, out):
     try:
         demo.run()
     except BaseException as e:
+        demo.failed = True
         if isinstance(e, services.BoxError):
             out.write('\nbox error: %s\n' % e)
         elif not (common.interrupted() or isinstance(e, KeyboardInterrupt)):

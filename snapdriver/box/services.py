@@ -14,6 +14,7 @@
 host, on 127.0.0.1, from the packages of this Python environment.
 
 Real: Keystone (sqlite, fernet tokens, ``keystone-manage bootstrap``),
+MariaDB (Nova's databases, a server of its own),
 RabbitMQ (the distribution's ``rabbitmq-server``, a node of its own),
 placement, Glance (file store, Keystone auth), nova-api (over HTTP),
 nova-conductor, nova-scheduler and nova-compute with
@@ -59,7 +60,7 @@ LIBVIRT_URI = 'qemu:///system'
 #: The services in the order they are stopped (reverse of start).
 STOP_ORDER = ('nova-compute', 'nova-scheduler', 'nova-conductor',
               'nova-api', 'neutron-standin', 'glance-api', 'placement-api',
-              'keystone', 'rabbitmq')
+              'keystone', 'rabbitmq', 'mariadb')
 
 
 class BoxError(Exception):
@@ -76,6 +77,14 @@ def _bin(name):
         raise BoxError('%s is not installed ("tox -e box" installs the '
                        'box\'s packages)' % name)
     return found
+
+
+def _sbin(name):
+    for path in ('/usr/sbin/' + name, '/usr/bin/' + name):
+        if os.access(path, os.X_OK):
+            return path
+    raise BoxError('%s is not installed (tools/setup-host.sh --profile box '
+                   'installs it)' % name)
 
 
 def _etc(*parts):
@@ -111,12 +120,10 @@ def _ini(sections):
 
 
 def _sqlite_url(path):
-    """An SQLAlchemy URL for an sqlite file shared by several processes.
+    """An SQLAlchemy URL for an sqlite file of one service.
 
-    NOTE: nova-api, conductor and scheduler write to the same files; with
-    sqlite's default 5 s busy timeout a write waiting behind another
-    failed with "database is locked" (a snapshot then failed in
-    nova-compute, through the conductor). Writers wait up to a minute.
+    A service's workers (two for Keystone) may write at once: a writer
+    waits up to a minute for the other, not sqlite's default 5 s.
     """
     return 'sqlite:///%s?timeout=60' % path
 
@@ -140,7 +147,7 @@ def unavailable_reason():
         return ('the box needs root (nova-compute drives qemu:///system '
                 'and chowns instance files; rabbitmq runs as its own user)')
     for mod in ('keystone', 'placement', 'glance', 'nova', 'gunicorn',
-                'openstackclient', 'novaclient', 'libvirt'):
+                'openstackclient', 'novaclient', 'libvirt', 'pymysql'):
         try:
             __import__(mod)
         except ImportError:
@@ -148,6 +155,9 @@ def unavailable_reason():
                     '-e box" installs the box\'s packages)' % mod)
     if not os.path.exists('/usr/lib/rabbitmq/bin/rabbitmq-server'):
         return ('rabbitmq-server is not installed (tools/setup-host.sh '
+                '--profile box installs it)')
+    if not os.path.exists('/usr/sbin/mariadbd'):
+        return ('mariadb-server is not installed (tools/setup-host.sh '
                 '--profile box installs it)')
     return None
 
@@ -255,8 +265,8 @@ class Box(object):
             self.save()
             self._start_all()
         except BaseException:
-            self.say('start failed; logs: %s' % self.path('logs'))
-            self._dump_logs_on_failure()
+            self.say('start failed')
+            self.save_logs()
             self.stop(keep_logs=bool(os.environ.get('SNAPDRIVER_BOX_KEEP')))
             raise
         self.state['ready'] = True
@@ -264,8 +274,8 @@ class Box(object):
         self.save()
         return self.state['start_seconds']
 
-    def _dump_logs_on_failure(self):
-        # A copy of the logs outside the box, which stop() removes.
+    def save_logs(self):
+        """Copy the logs out of the box (stop() removes the box)."""
         dest = self.dir.rstrip('/') + '-failed-logs'
         try:
             shutil.rmtree(dest, ignore_errors=True)
@@ -290,13 +300,14 @@ class Box(object):
     def _plan(self, strategies):
         ports = {}
         for name in ('keystone', 'placement', 'glance', 'nova', 'neutron',
-                     'rabbit', 'rabbit_dist', 'epmd'):
+                     'rabbit', 'rabbit_dist', 'epmd', 'mariadb'):
             ports[name] = free_port()
         self.state = {
             'dir': self.dir,
             'ports': ports,
             'password': uuid.uuid4().hex,
             'rabbit_password': uuid.uuid4().hex,
+            'db_password': uuid.uuid4().hex,
             'rabbit_node': 'snapbox-%s@localhost' % uuid.uuid4().hex[:8],
             'strategies': strategies,
             'processes': {},
@@ -314,11 +325,12 @@ class Box(object):
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=6)
         try:
             rabbit = pool.submit(self._timed, 'rabbitmq', self._rabbitmq)
+            mariadb = pool.submit(self._timed, 'mariadb', self._mariadb)
             keystone = pool.submit(self._timed, 'keystone', self._keystone)
             dbs = [pool.submit(self._timed, name, fn) for name, fn in (
                 ('placement db', self._placement_db),
                 ('glance db', self._glance_db),
-                ('nova dbs', self._nova_dbs))]
+                ('nova dbs', lambda: (mariadb.result(), self._nova_dbs())))]
             self._write_nova_conf()
             keystone.result()
             apis = [pool.submit(self._timed, name, fn) for name, fn in (
@@ -549,6 +561,66 @@ class Box(object):
                               connect_timeout=2) as conn:
             conn.connect()
         return True
+
+    # -- MariaDB -------------------------------------------------------
+
+    def _mariadb(self):
+        """A MariaDB server of its own for Nova's databases.
+
+        NOTE: Nova's API, cell0 and cell1 databases are written by
+        nova-api, nova-conductor and nova-scheduler at once. On sqlite
+        (even in WAL mode, with a busy timeout) their transactions, which
+        oslo.db opens with a plain (deferred) BEGIN, failed now and then
+        with "database is locked" when a read turned into a write after
+        another process had written: a createImage or a boot then failed.
+        devstack runs Nova on MySQL; so does the box. The services with a
+        single writer (Keystone, placement, Glance) keep sqlite.
+        """
+        data = self.path('mariadb')
+        os.makedirs(data, exist_ok=True)
+        shutil.chown(data, 'mysql', 'mysql')
+        os.chmod(data, 0o700)
+        self._run(['mariadb-install-db', '--no-defaults',
+                   '--datadir=%s' % data, '--user=mysql',
+                   '--auth-root-authentication-method=normal',
+                   '--skip-test-db'])
+        sock = os.path.join(data, 'mysqld.sock')
+        self._spawn('mariadb', [
+            _sbin('mariadbd'), '--no-defaults', '--datadir=%s' % data,
+            '--user=mysql', '--socket=%s' % sock,
+            '--port=%d' % self.state['ports']['mariadb'],
+            '--bind-address=127.0.0.1', '--skip-name-resolve',
+            '--pid-file=%s' % os.path.join(data, 'mysqld.pid'),
+            '--innodb-buffer-pool-size=64M', '--max-connections=500',
+            # A throwaway server: no durability, faster migrations.
+            '--innodb-flush-log-at-trx-commit=0',
+            '--innodb-flush-method=nosync', '--innodb-doublewrite=0',
+            '--innodb-file-per-table=0'])
+        self._wait('mariadb', lambda: self._sql(
+            'SELECT 1', unix_socket=sock), timeout=120)
+        for db in ('nova_api', 'nova_cell0', 'nova_cell1'):
+            self._sql('CREATE DATABASE %s CHARACTER SET utf8mb4' % db,
+                      unix_socket=sock)
+        self._sql("CREATE USER 'nova'@'127.0.0.1' IDENTIFIED BY '%s'"
+                  % self.state['db_password'], unix_socket=sock)
+        self._sql("GRANT ALL PRIVILEGES ON *.* TO 'nova'@'127.0.0.1'",
+                  unix_socket=sock)
+
+    def _sql(self, statement, unix_socket):
+        import pymysql
+        conn = pymysql.connect(user='root', unix_socket=unix_socket,
+                               connect_timeout=5)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+        return True
+
+    def db_url(self, name):
+        return 'mysql+pymysql://nova:%s@127.0.0.1:%d/%s?charset=utf8' % (
+            self.state['db_password'], self.state['ports']['mariadb'], name)
 
     # -- Keystone ------------------------------------------------------
 
@@ -798,10 +870,8 @@ class Box(object):
         s['DEFAULT']['vif_plugging_is_fatal'] = 'False'
         s['DEFAULT']['vif_plugging_timeout'] = '0'
         if with_db:
-            s['api_database'] = {'connection': _sqlite_url(self.path(
-                'nova_api.sqlite'))}
-            s['database'] = {'connection': _sqlite_url(self.path(
-                'nova_cell1.sqlite'))}
+            s['api_database'] = {'connection': self.db_url('nova_api')}
+            s['database'] = {'connection': self.db_url('nova_cell1')}
         return s
 
     def _privsep_helper(self):
@@ -834,14 +904,12 @@ class Box(object):
                   self.path('etc', 'nova.conf')]
         self._run(manage + ['api_db', 'sync'])
         self._run(manage + ['cell_v2', 'map_cell0', '--database_connection',
-                            _sqlite_url(self.path('nova_cell0.sqlite'))])
+                            self.db_url('nova_cell0')])
         self._run(manage + ['db', 'sync'])
         self._run(manage + ['cell_v2', 'create_cell', '--name', 'cell1',
                             '--transport-url', self.transport_url,
                             '--database_connection',
-                            _sqlite_url(self.path('nova_cell1.sqlite'))])
-        for name in ('nova_api', 'nova_cell0', 'nova_cell1'):
-            _wal(self.path('%s.sqlite' % name))
+                            self.db_url('nova_cell1')])
 
     def _nova_api(self):
         self._gunicorn('nova-api', 'nova.wsgi.osapi_compute:application',
