@@ -106,14 +106,15 @@ class BoxTestCase(testtools.TestCase):
         self.addCleanup(lambda: os.path.exists(path) and os.unlink(path))
         return self.client.image_save(image['id'], path)
 
-    def assertSnapshotImage(self, image, server, min_blocks):
+    def assertSnapshotImage(self, image, server, min_blocks,
+                            image_type='snapshot'):
         """Image ACTIVE with Nova's properties, holding a writer prefix.
 
         :returns: ``(n, run_id)`` of the writer blocks in the image.
         """
         self.assertEqual('active', image['status'])
         props = image['properties']
-        self.assertEqual('snapshot', props.get('image_type'))
+        self.assertEqual(image_type, props.get('image_type'))
         self.assertEqual(server['id'], props.get('instance_uuid'))
         self.assertEqual(self.box.state['images']['root'],
                          props.get('base_image_ref'))

@@ -155,7 +155,8 @@ class BackupAndShelveTest(base.BoxTestCase):
         newest = backups[-1]
         self.assertEqual('active', newest['status'])
         self.assertEqual('daily', newest['properties'].get('backup_type'))
-        self.assertSnapshotImage(newest, server, made[2][0])
+        self.assertSnapshotImage(newest, server, made[2][0],
+                                 image_type='backup')
         self.assertNoSnapshotLeftovers()
 
     def test_shelve_offload_unshelve(self):
