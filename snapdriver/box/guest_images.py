@@ -68,8 +68,26 @@ def _upload(sess, name, path, disk_format, container_format, props):
     return image['id']
 
 
+def _find_build_script():
+    """tools/build-test-guest.sh of the source checkout.
+
+    NOTE: tox installs snapdriver as a package, without tools/: the
+    script is looked for beside the package (a checkout on PYTHONPATH),
+    then in the working directory (tox runs commands in the checkout).
+    """
+    candidates = [writer_guest.BUILD_SCRIPT,
+                  os.path.join(os.getcwd(), 'tools', 'build-test-guest.sh')]
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise RuntimeError('tools/build-test-guest.sh not found (looked at %s): '
+                       'run from a source checkout, as tox -e demo does'
+                       % ', '.join(candidates))
+
+
 def register(box):
     """Build (or reuse) the test guest and register it; return the ids."""
+    writer_guest.BUILD_SCRIPT = _find_build_script()
     kernel, initrd = writer_guest.build_guest()
     sess = box.session()
     ids = {
