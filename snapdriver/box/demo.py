@@ -197,13 +197,13 @@ class Demo(object):
         """The strategy nova-compute logged for this snapshot."""
         try:
             with open(self.box.log('nova-compute'), errors='replace') as f:
-                lines = [ln for ln in f if 'Snapshot image upload complete'
-                         in ln and "'strategy': '" in ln]
+                lines = [ln for ln in f if 'Snapshot strategy ' in ln and
+                         ' chosen for ' in ln and self.source['id'] in ln]
         except OSError:
             return None
         if not lines:
             return None
-        return lines[-1].split("'strategy': '", 1)[1].split("'", 1)[0]
+        return lines[-1].split('Snapshot strategy ', 1)[1].split(' ', 1)[0]
 
     def table(self):
         head = ('run', 'strategy used', 'image create', 'image', 'blocks',

@@ -961,7 +961,11 @@ class Box(object):
             updated = datetime.datetime.strptime(
                 svc['updated_at'].split('.')[0], '%Y-%m-%dT%H:%M:%S')
             updated = updated.replace(tzinfo=datetime.timezone.utc)
-            if updated.timestamp() >= since - 1:
+            # NOTE: strictly after the start: the process stopped just
+            # before reported until it died, and a request sent while the
+            # new one is in init_host() has its task state cleared there.
+            # The reports start only once init_host() is done.
+            if updated.timestamp() > since:
                 self.state['compute_host'] = svc['host']
                 rps = sess.get('/resource_providers', endpoint_filter={
                     'service_type': 'placement'}).json()
