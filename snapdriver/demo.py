@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``snapdriver demo``: every strategy, every guest state, a real Glance.
+"""``snapdriver driver-demo``: every strategy and guest state, a real Glance.
 
 Nothing is set up by hand and nothing is faked but Nova's compute manager:
 
@@ -28,7 +28,7 @@ Nothing is set up by hand and nothing is faked but Nova's compute manager:
    reference content; the guest must be back in its state, persistent and
    without a managed-save image;
 6. everything is removed, also on Ctrl-C, SIGTERM or failure (the
-   command turns them into :class:`snapdriver.cmd.cli.Interrupted`).
+   command turns them into :class:`snapdriver.cmd.common.Interrupted`).
 
 The exit code is 0 only when every snapshot that ran was verified.
 """
@@ -52,7 +52,7 @@ from oslo_log import log as logging
 from oslo_utils import units
 
 import snapdriver
-from snapdriver.cmd import cli
+from snapdriver.cmd import common
 from snapdriver import conf
 from snapdriver import driver as snap_driver
 from snapdriver import qemu_img
@@ -152,7 +152,7 @@ class StateWatch(threading.Thread):
 
 def real_fixtures():
     # Imported late: the fixtures need the "fixtures" library, which the
-    # driver itself does not (tox -e demo installs it).
+    # driver itself does not (tox -e driver-demo installs it).
     from snapdriver.tests.functional import fixtures
     return fixtures
 
@@ -179,7 +179,7 @@ def ensure_host(out):
         return
     script = find_setup_script()
     if script is None:
-        raise cli.CliError(
+        raise common.CliError(
             '%s. tools/setup-host.sh is not available outside a snapdriver '
             'source checkout: install qemu-utils, qemu-system-x86 and '
             'libvirt-daemon-system and start libvirtd, or run the demo '
@@ -189,9 +189,9 @@ def ensure_host(out):
     result = subprocess.run(['bash', script], check=False)
     reason = real_fixtures().libvirt_unavailable_reason()
     if reason is not None:
-        raise cli.CliError('%s failed (exit code %d) and libvirt is still '
-                           'not ready: %s' % (script, result.returncode,
-                                              reason))
+        raise common.CliError(
+            '%s failed (exit code %d) and libvirt is still not ready: %s'
+            % (script, result.returncode, reason))
 
 
 def set_state(domain, state):
@@ -279,12 +279,12 @@ class Demo(object):
         real = real_fixtures()
         reason = glance_fixture.glance_unavailable_reason()
         if reason is not None:
-            raise cli.CliError('%s; "tox -e demo" installs it' % reason)
+            raise common.CliError('%s; "tox -e demo" installs it' % reason)
         parent = (real.DEFAULT_IMAGES_PARENT
                   if os.access(real.DEFAULT_IMAGES_PARENT, os.W_OK)
                   else tempfile.gettempdir())
         # 0o711: QEMU traverses it to reach a live strategy's overlay.
-        self.workdir = cli._private_dir(parent)
+        self.workdir = common.private_dir(parent)
         stack.callback(shutil.rmtree, self.workdir, ignore_errors=True)
         snapshots = os.path.join(self.workdir, 'snapshots')
         os.mkdir(snapshots, 0o711)
@@ -356,13 +356,13 @@ class Demo(object):
                 self.rows.append(row)
                 try:
                     self.run_one(row)
-                except (cli.Interrupted, KeyboardInterrupt):
+                except (common.Interrupted, KeyboardInterrupt):
                     row.error = 'interrupted'
                     raise
                 except Exception as e:
-                    if cli.interrupted():
+                    if common.interrupted():
                         row.error = 'interrupted'
-                        raise cli.Interrupted(cli.interrupted()) from e
+                        raise common.Interrupted(common.interrupted()) from e
                     LOG.debug('Demo snapshot %(name)s of a %(state)s guest '
                               'failed', {'name': name, 'state': state},
                               exc_info=True)
@@ -478,7 +478,7 @@ class Demo(object):
             lines.append((
                 row.strategy, row.state, downtime,
                 '-' if row.total is None else '%.2f s' % row.total,
-                '-' if row.size is None else cli._human_size(row.size),
+                '-' if row.size is None else common.human_size(row.size),
                 'yes' if row.verified else 'NO: %s' % row.error))
         widths = [max(len(r[i]) for r in [header] + lines)
                   for i in range(len(header) - 1)]
@@ -495,18 +495,20 @@ def run(args, out):
     names = args.strategies or available
     unknown = sorted(set(names) - set(available))
     if unknown:
-        raise cli.CliError('unknown strategies %s; installed: %s'
-                           % (', '.join(unknown), ', '.join(available)),
-                           cli.EXIT_USAGE)
+        raise common.CliError(
+            'unknown strategies %s; installed: %s'
+            % (', '.join(unknown), ', '.join(available)), common.EXIT_USAGE)
     if args.size_mib < 16:
-        raise cli.CliError('--size-mib must be at least 16', cli.EXIT_USAGE)
+        raise common.CliError('--size-mib must be at least 16',
+                              common.EXIT_USAGE)
     states = [s for s in STATES if s in (args.states or STATES)]
     try:
         real_fixtures()
     except ImportError as e:
-        raise cli.CliError('the demo needs the test fixtures of snapdriver '
-                           '(%s): run it with "tox -e demo", or pip install '
-                           'fixtures "glance==33.*" gunicorn' % e)
+        raise common.CliError(
+            'the demo needs the test fixtures of snapdriver (%s): run it '
+            'with "tox -e driver-demo", or pip install fixtures '
+            '"glance==33.*" gunicorn' % e)
     ensure_host(out)
     demo = Demo(out, names, states, args.format, args.size_mib)
     interrupted = False
@@ -517,7 +519,7 @@ def run(args, out):
                      % (len(names), len(states), args.format))
             demo.run()
         except BaseException as e:
-            if not (cli.interrupted() or isinstance(e, KeyboardInterrupt)):
+            if not (common.interrupted() or isinstance(e, KeyboardInterrupt)):
                 raise
             interrupted = True
             demo.say('\ninterrupted: cleaning up')
@@ -531,4 +533,4 @@ def run(args, out):
                  len(demo.rows) - len(ran)))
     if interrupted:
         return 130
-    return cli.EXIT_FAILED if failed or not ran else cli.EXIT_OK
+    return common.EXIT_FAILED if failed or not ran else common.EXIT_OK

@@ -22,6 +22,12 @@
 #
 # Safe to run any number of times. Uses sudo when not run as root.
 #
+# Options:
+#   --profile NAME         also install the bindep lines of that profile
+#                          (repeatable; "box": rabbitmq-server for the
+#                          compute host in a box). Lines with a profile are
+#                          skipped otherwise, as bindep does.
+#
 # Environment:
 #   BINDEP_FILE            bindep file to read (default: <repo>/bindep.txt)
 #   SETUP_HOST_TIMEOUT     seconds to wait for libvirt (default: 30)
@@ -31,6 +37,14 @@ set -euo pipefail
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BINDEP_FILE=${BINDEP_FILE:-$REPO_ROOT/bindep.txt}
 TIMEOUT=${SETUP_HOST_TIMEOUT:-30}
+PROFILES=
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) PROFILES="$PROFILES $2"; shift 2 ;;
+        --profile=*) PROFILES="$PROFILES ${1#--profile=}"; shift ;;
+        *) echo "setup-host: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
 LIBVIRT_URI=qemu:///system
 
 say() {
@@ -51,14 +65,26 @@ else
 fi
 
 # Packages for dpkg platforms: lines without a selector apply everywhere,
-# lines with one only when it names platform:dpkg. The first word of a
-# line is the package name.
+# lines with one only when it names platform:dpkg (or no platform), and
+# lines naming profiles only when one of them was asked for (--profile).
+# The first word of a line is the package name.
 dpkg_packages() {
-    awk '
+    awk -v profiles="$PROFILES" '
+        BEGIN { n = split(profiles, p, " "); for (i = 1; i <= n; i++) want[p[i]] = 1 }
         /^[[:space:]]*(#|$)/ { next }
         {
-            if (index($0, "[") == 0 || $0 ~ /[[ ]platform:dpkg[] ]/)
-                print $1
+            if (index($0, "[") == 0) { print $1; next }
+            sel = $0; sub(/^[^[]*\[/, "", sel); sub(/\].*$/, "", sel)
+            k = split(sel, tok, " ")
+            plat = 0; platok = 0; prof = 0; profok = 0
+            for (i = 1; i <= k; i++) {
+                if (tok[i] ~ /^platform:/) {
+                    plat = 1; if (tok[i] == "platform:dpkg") platok = 1
+                } else {
+                    prof = 1; if (tok[i] in want) profok = 1
+                }
+            }
+            if ((!plat || platok) && (!prof || profok)) print $1
         }
     ' "$BINDEP_FILE"
 }

@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import stat
 import sys
 import tempfile
@@ -38,9 +37,11 @@ from oslo_utils import excutils
 from oslo_utils import units
 import stevedore
 
+from snapdriver.cmd import common
 from snapdriver.cmd import policy as cli_policy
 from snapdriver import conf
 from snapdriver import guest_state
+from snapdriver import journal
 from snapdriver import provenance
 from snapdriver import request as snap_request
 from snapdriver import runner
@@ -56,74 +57,16 @@ CONF = conf.CONF
 #: traversable by the QEMU user, as live strategies need.
 DEFAULT_WORK_PARENT = '/var/lib/libvirt/images'
 
-#: Exit codes.
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A failure the command reports in one line, without a traceback."""
-
-    def __init__(self, message, code=EXIT_FAILED):
-        super().__init__(message)
-        self.code = code
-
-
-class Interrupted(Exception):
-    """Ctrl-C (SIGINT) or SIGTERM while a command runs.
-
-    An ``Exception``, unlike ``KeyboardInterrupt``: the runner and
-    :func:`snapdriver.guest_state.held` clean up and restore the guest on
-    ``Exception``, and a ``KeyboardInterrupt`` in the middle of a cold
-    snapshot would leave the guest managed-saved (shut off).
-    """
-
-
-_RECEIVED = {'signal': None}
-
-
-def interrupted():
-    """Return the name of the signal that interrupted the command, or None.
-
-    Libraries may catch :class:`Interrupted` as any ``Exception`` and raise
-    another error instead (oslo.config turns any error in an option lookup
-    into ``NoSuchOptError``); callers check this to know an error is really
-    an interrupt.
-    """
-    return _RECEIVED['signal']
-
-
-@contextlib.contextmanager
-def interrupts_as_exceptions():
-    """Raise :class:`Interrupted` on the first SIGINT or SIGTERM.
-
-    Later signals only print a note: the guest is being restored and the
-    temporary files removed, which an interrupt must not cut short.
-    """
-    signals = (signal.SIGINT, signal.SIGTERM)
-    _RECEIVED['signal'] = None
-
-    def _again(signum, frame):
-        sys.stderr.write('snapdriver: cleaning up, please wait\n')
-
-    def _first(signum, frame):
-        for sig in signals:
-            signal.signal(sig, _again)
-        _RECEIVED['signal'] = signal.Signals(signum).name
-        raise Interrupted(_RECEIVED['signal'])
-
-    try:
-        previous = [(sig, signal.signal(sig, _first)) for sig in signals]
-    except ValueError:
-        # Not the main thread (an embedding program): leave signals alone.
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, handler in previous:
-            signal.signal(sig, handler)
+# NOTE: the exit codes, errors and interrupt handling are shared with
+# snapdriver.demo and snapdriver.box (snapdriver.cmd.common); the names stay
+# here too, for the callers of this module.
+EXIT_OK = common.EXIT_OK
+EXIT_FAILED = common.EXIT_FAILED
+EXIT_USAGE = common.EXIT_USAGE
+CliError = common.CliError
+Interrupted = common.Interrupted
+interrupted = common.interrupted
+interrupts_as_exceptions = common.interrupts_as_exceptions
 
 
 # Configuration and libvirt
@@ -349,14 +292,6 @@ def _check_output(path, force):
     return path
 
 
-def _private_dir(parent):
-    # mkdtemp: 0o700; then 0o711 so QEMU can traverse (not list) it to
-    # reach the overlay of a live strategy in the work dir below.
-    path = tempfile.mkdtemp(prefix='snapdriver-cli-', dir=parent)
-    os.chmod(path, stat.S_IRWXU | stat.S_IXGRP | stat.S_IXOTH)
-    return path
-
-
 def choose_work_dir(requested):
     """Return ``(snapshots directory, is_ours)``.
 
@@ -380,7 +315,7 @@ def choose_work_dir(requested):
         return configured, False
     for parent in (DEFAULT_WORK_PARENT, tempfile.gettempdir()):
         if os.access(parent, os.W_OK | os.X_OK):
-            return _private_dir(parent), True
+            return common.private_dir(parent), True
     raise CliError('no writable work directory: pass --work-dir',
                    EXIT_USAGE)
 
@@ -443,13 +378,6 @@ class Progress(object):
         for bar in self.bars.values():
             bar.close()
         self.bars = {}
-
-
-def _human_size(nbytes):
-    for unit in ('B', 'KiB', 'MiB', 'GiB'):
-        if nbytes < 1024 or unit == 'GiB':
-            return ('%d %s' if unit == 'B' else '%.1f %s') % (nbytes, unit)
-        nbytes /= 1024.0
 
 
 def _current_umask():
@@ -552,6 +480,10 @@ def _snapshot_lock(guest):
 
 
 def _snapshot(args, out, registry, guest, output, workdir):
+    # NOTE: as nova-compute does, with the lock held and before the facts
+    # are read: a guest a killed snapshot left managed-saved comes back.
+    for done in journal.recover(guest._domain.connect(), uuid=guest.uuid):
+        out.write('snapdriver: %s\n' % done)
     request = snap_request.build(guest, image_format=args.format)
     registry, _policy, _from = _apply_policy(registry, guest, args)
     try:
@@ -594,7 +526,7 @@ def _snapshot(args, out, registry, guest, output, workdir):
     out.write('  total time:      %.2f s\n' % summary['total_seconds'])
     out.write('  guest downtime:  %.3f s\n' % summary['downtime_seconds'])
     out.write('  output size:     %s (%d bytes)\n'
-              % (_human_size(summary['output_bytes']),
+              % (common.human_size(summary['output_bytes']),
                  summary['output_bytes']))
     out.write('  phases:          %s\n' % ', '.join(
         '%s %.2f s' % item for item in summary['phases'].items()))
@@ -605,9 +537,19 @@ def _snapshot(args, out, registry, guest, output, workdir):
 # snapdriver demo
 
 
-def cmd_demo(args, out):
+def cmd_driver_demo(args, out):
     from snapdriver import demo
     return demo.run(args, out)
+
+
+def cmd_demo(args, out):
+    from snapdriver.box import demo
+    return demo.run(args, out)
+
+
+def cmd_box(args, out):
+    from snapdriver.box import cmd as box_cmd
+    return box_cmd.run(args, out)
 
 
 def build_parser():
@@ -664,9 +606,41 @@ def build_parser():
     p.set_defaults(func=cmd_snapshot)
 
     p = sub.add_parser(
-        'demo', help='snapshot a throwaway domain with every strategy in '
-                     'every guest state through a real Glance, verify '
-                     'each image and print a table.')
+        'demo', help='the main job: bring the box up, boot a writing guest '
+                     'through Nova, "openstack server image create" with '
+                     'every strategy that applies, boot a clone of each '
+                     'snapshot and read the data back; print a table.')
+    p.add_argument('--strategy', action='append', dest='strategies',
+                   metavar='NAME',
+                   help='run only this strategy (repeatable; default: the '
+                        'default order, then each installed strategy).')
+    p.add_argument('--box-dir', default=_box_default_dir(), metavar='DIR',
+                   help='where the box lives while the demo runs (default: '
+                        '%(default)s).')
+    p.add_argument('--keep', action='store_true',
+                   help='leave the box running at the end.')
+    p.set_defaults(func=cmd_demo, quiet_logs=True)
+
+    p = sub.add_parser(
+        'box', help='a compute host in a box on 127.0.0.1: start, status, '
+                    'stop.')
+    p.add_argument('action', choices=('start', 'status', 'stop', 'run'),
+                   help='start: start it and return; run: start it and '
+                        'stop it on Ctrl-C; status; stop: remove '
+                        'everything it made.')
+    p.add_argument('--box-dir', default=_box_default_dir(), metavar='DIR',
+                   help='the box directory (default: %(default)s).')
+    p.add_argument('--strategy', action='append', dest='strategies',
+                   metavar='NAME',
+                   help='[snapdriver] strategies of nova-compute '
+                        '(repeatable; default: the driver\'s order).')
+    p.set_defaults(func=cmd_box, quiet_logs=True)
+
+    p = sub.add_parser(
+        'driver-demo', help='snapshot a throwaway domain with every '
+                            'strategy in every guest state straight '
+                            'through the driver and a real Glance, verify '
+                            'each image and print a table.')
     p.add_argument('--strategy', action='append', dest='strategies',
                    metavar='NAME',
                    help='run only this strategy (repeatable; default: all '
@@ -679,8 +653,12 @@ def build_parser():
                    help='image format (default: qcow2).')
     p.add_argument('--size-mib', type=int, default=256, metavar='MIB',
                    help='virtual size of the demo disk (default: 256).')
-    p.set_defaults(func=cmd_demo, quiet_logs=True)
+    p.set_defaults(func=cmd_driver_demo, quiet_logs=True)
     return parser
+
+
+def _box_default_dir():
+    return os.environ.get('SNAPDRIVER_BOX_DIR', '/var/tmp/snapdriver-box')
 
 
 def main(argv=None, out=None):

@@ -15,7 +15,7 @@
 ``LibvirtSnapshotDriver.snapshot()`` uploads with Nova's own image API
 (``nova.image.glance.API``) over HTTP to a Glance served by gunicorn; the
 image is downloaded back from Glance and compared with the disk. The last
-test runs the ``snapdriver demo`` command itself.
+test runs the ``snapdriver driver-demo`` command itself.
 """
 
 import io
@@ -128,7 +128,7 @@ class GlanceTestCase(base.DriverTestCase):
 
 
 class DemoCommandTestCase(base.DriverTestCase):
-    """``snapdriver demo`` end to end, on a small disk."""
+    """``snapdriver driver-demo`` end to end, on a small disk."""
 
     def setUp(self):
         super().setUp()
@@ -143,7 +143,7 @@ class DemoCommandTestCase(base.DriverTestCase):
 
     def test_demo(self):
         out = io.StringIO()
-        rc = cli.main(['--config-file', self.conf_file, 'demo',
+        rc = cli.main(['--config-file', self.conf_file, 'driver-demo',
                        '--strategy', 'live-shallow-rebase',
                        '--strategy', 'cold-direct-extract',
                        '--state', 'running', '--state', 'shutoff',
@@ -185,7 +185,7 @@ class DemoCommandTestCase(base.DriverTestCase):
         with open(errors, 'w') as stderr:
             proc = subprocess.Popen(
                 [sys.executable, '-m', 'snapdriver.cmd.cli',
-                 '--config-file', self.conf_file, 'demo',
+                 '--config-file', self.conf_file, 'driver-demo',
                  '--strategy', 'cold-direct-extract', '--size-mib', '32'],
                 stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.addCleanup(proc.kill)
