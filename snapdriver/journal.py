@@ -26,9 +26,10 @@ once the guest is restored. :func:`recover` -- run by the driver's
 guest whose entry outlived the process that wrote it, and never touches a
 domain without an entry of ours (an operator's own managed save).
 
-Entries live in ``[libvirt] snapshots_directory``, in a directory named
-after this host (``[DEFAULT] host``): with ``instances_path`` on shared
-storage, a restart on one host never acts on another host's guests.
+Entries live in ``[oslo_concurrency] lock_path`` (which the driver and the
+``snapdriver`` command share, on local storage), in a directory named
+after this host (``[DEFAULT] host``), so a restart never acts on another
+host's guests even if that path were shared.
 """
 
 import contextlib
@@ -51,11 +52,16 @@ MANAGED_SAVE = 'managed-save'
 
 
 def directory(snapshots_directory=None):
-    """The journal directory of this host."""
+    """The journal directory of this host.
+
+    In ``[oslo_concurrency] lock_path`` (local storage, the same for
+    nova-compute and the ``snapdriver`` command, which needs it for its
+    locks anyway), else in the snapshots directory.
+    """
     host = CONF.host or socket.gethostname()
-    return os.path.join(snapshots_directory or
-                        CONF.libvirt.snapshots_directory,
-                        '.snapdriver-journal-%s' % host)
+    parent = (CONF.oslo_concurrency.lock_path or snapshots_directory or
+              CONF.libvirt.snapshots_directory)
+    return os.path.join(parent, '.snapdriver-journal-%s' % host)
 
 
 def _path(journal_dir, uuid):
@@ -132,10 +138,20 @@ def recorded(request, paused):
     try:
         yield
     except BaseException:
-        if _is_active(request.guest):
+        # Kept only when there is a managed save to give back: a guest that
+        # runs again, or that shut itself down before the save, has none.
+        if _is_active(request.guest) or not _has_managed_save(request.guest):
             _remove(path)
         raise
     _remove(path)
+
+
+def _has_managed_save(guest):
+    try:
+        return bool(guest._domain.hasManagedSaveImage(0))
+    except Exception:
+        # Cannot tell: keep the entry; recovery checks again.
+        return True
 
 
 def _is_active(guest):

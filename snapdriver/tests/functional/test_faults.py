@@ -794,6 +794,9 @@ def _init_host_in_child(snapshots_directory):
                       'libvirt')
     CONF.set_override('snapshots_directory', snapshots_directory, 'libvirt')
     CONF.set_override('strategies', [LIVE], 'snapdriver')
+    # The parent test's lock path (beside the snapshots directory).
+    CONF.set_override('lock_path', os.path.join(
+        os.path.dirname(snapshots_directory), 'locks'), 'oslo_concurrency')
     code = 1
     try:
         drv = driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(), False)

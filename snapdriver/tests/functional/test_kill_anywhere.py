@@ -50,6 +50,7 @@ from testtools import content
 
 from snapdriver import conf
 from snapdriver import driver
+from snapdriver import journal
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
 
@@ -203,6 +204,7 @@ class KillAnywhereTestCase(base.DriverTestCase):
             dom.disk_path, 'qcow2', self.images_fixture.reference_path,
             'raw', force_share=force), 'the disk content changed')
         self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assertEqual(set(), journal.uuids(), 'a journal entry is left')
         if self.state != 'shutoff':
             self.assertEqual({}, dom.dom.blockJobInfo('vda', 0),
                              'a block job is left')

@@ -94,6 +94,13 @@ class JournalTestCase(base.BaseTestCase):
         self.assertRaises(RuntimeError, self._fail_inside)
         self.assertEqual([UUID + '.json'], self.entries())
 
+    def test_entry_dropped_when_there_is_no_managed_save(self):
+        # The guest shut itself down before the save: nothing to restore.
+        self.guest.is_active.return_value = False
+        self.guest._domain.hasManagedSaveImage.return_value = 0
+        self.assertRaises(RuntimeError, self._fail_inside)
+        self.assertEqual([], os.listdir(self.snapdir))
+
     def test_entry_dropped_when_the_guest_runs_after_a_failure(self):
         self.guest.is_active.return_value = True
         self.assertRaises(RuntimeError, self._fail_inside)
