@@ -15,6 +15,9 @@
 import os
 import shutil
 import stat
+import subprocess
+import sys
+import time
 
 import fixtures
 from oslo_concurrency import processutils
@@ -274,3 +277,34 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertIn(evil, args)
         self.assertEqual(['convert', '-f', 'qcow2', '-O', 'raw'], args[:5])
         self.assertFalse(os.path.exists('pwned'))
+
+
+class DieWithParentTestCase(base.BaseTestCase):
+    """qemu-img children die with the process that started them."""
+
+    def test_child_is_killed_when_its_parent_dies(self):
+        # A parent (standing in for nova-compute) starts a long child
+        # with the preexec_fn qemu_img uses, prints its pid, and is
+        # SIGKILLed; the child must not survive it.
+        script = (
+            'import subprocess, sys\n'
+            'from snapdriver import qemu_img\n'
+            'p = subprocess.Popen(["sleep", "60"],\n'
+            '                     preexec_fn=qemu_img.die_with_parent)\n'
+            'print(p.pid, flush=True)\n'
+            'sys.stdin.read()\n')
+        parent = subprocess.Popen([sys.executable, '-c', script],
+                                  stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE)
+        self.addCleanup(parent.kill)
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while os.path.exists('/proc/%d' % child):
+            with open('/proc/%d/stat' % child) as f:
+                if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+                    break   # dead, waiting to be reaped by init
+            self.assertLess(time.monotonic(), deadline,
+                            'the child outlived its parent')
+            time.sleep(0.05)
