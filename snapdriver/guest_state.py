@@ -237,6 +237,8 @@ def quiesced(request, record=None):
             request.guest.freeze_filesystems()
             frozen = True
             t0 = time.monotonic()
+            LOG.info('Froze the guest filesystems (quiesce)',
+                     instance=request.instance)
         except Exception as e:
             if requires_quiesce(request):
                 raise exception.QuiesceRequired(instance=request.label,
@@ -250,6 +252,8 @@ def quiesced(request, record=None):
         if frozen:
             try:
                 request.guest.thaw_filesystems()
+                LOG.info('Thawed the guest filesystems after %.3f s',
+                         time.monotonic() - t0, instance=request.instance)
             finally:
                 if record is not None:
                     record['frozen_seconds'] = time.monotonic() - t0
