@@ -28,6 +28,7 @@ import subprocess
 import time
 
 from snapdriver.box import guest_images
+from snapdriver.box import services
 from snapdriver.tests.functional import writer_guest
 
 
@@ -84,8 +85,10 @@ class BoxClient(object):
 
     # -- servers -------------------------------------------------------
 
-    def boot(self, name, image=guest_images.ROOT_IMAGE, wait=True):
-        args = ['server', 'create', '--flavor', self.box.state['flavor'],
+    def boot(self, name, image=guest_images.ROOT_IMAGE, wait=True,
+             flavor=None):
+        args = ['server', 'create', '--flavor',
+                flavor or self.box.state['flavor'],
                 '--image', image, '--nic', 'none']
         if wait:
             args.append('--wait')
@@ -165,6 +168,20 @@ class BoxClient(object):
         found = writer_guest._seq_regex('writer').findall(data)
         return int(found[-1]) if found else 0
 
+    def boot_id(self, server):
+        """The guest kernel's boot id: another one after every boot.
+
+        A guest restored from a (managed) save keeps its boot id.
+        """
+        return self.guest_exec(
+            server, 'cat /proc/sys/kernel/random/boot_id').strip()
+
+    def writer_starts(self, server):
+        """How many times the writer started (once per guest boot)."""
+        path = os.path.join(self.instance_dir(server), 'console.log')
+        with open(path, 'rb') as f:
+            return f.read().count(b'writer start run=')
+
     def wait_for_seq(self, server, min_seq, timeout=120):
         deadline = time.monotonic() + timeout
         while True:
@@ -177,43 +194,70 @@ class BoxClient(object):
                                             timeout))
             time.sleep(0.2)
 
-    def guest_exec(self, server, shell, timeout=60):
-        """Run a shell command in the guest (qemu-ga guest-exec)."""
+    def _agent(self, server, command, arguments=None, timeout=5):
+        """Send one command to the guest agent; return its ``return``."""
         import libvirt
         import libvirt_qemu
 
-        conn = libvirt.open(self.box.state.get('libvirt_uri',
-                                               'qemu:///system'))
+        conn = libvirt.open(services.LIBVIRT_URI)
         try:
             dom = conn.lookupByName(self.domain_name(server))
-            deadline = time.monotonic() + timeout
-            cmd = {'execute': 'guest-exec', 'arguments': {
-                'path': '/bin/sh', 'arg': ['-c', shell],
-                'capture-output': True}}
-            while True:
-                try:
-                    out = libvirt_qemu.qemuAgentCommand(
-                        dom, json.dumps(cmd), 5, 0)
-                    break
-                except libvirt.libvirtError:
-                    # The agent is not up yet (the clone is booting).
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.5)
-            pid = json.loads(out)['return']['pid']
-            status = {'execute': 'guest-exec-status',
-                      'arguments': {'pid': pid}}
-            while True:
-                ret = json.loads(libvirt_qemu.qemuAgentCommand(
-                    dom, json.dumps(status), 5, 0))['return']
-                if ret.get('exited'):
-                    break
-                if time.monotonic() > deadline:
-                    raise AssertionError('guest command %r still running '
-                                         'after %d s' % (shell, timeout))
-                time.sleep(0.2)
+            cmd = {'execute': command}
+            if arguments:
+                cmd['arguments'] = arguments
+            out = libvirt_qemu.qemuAgentCommand(dom, json.dumps(cmd),
+                                                timeout, 0)
         finally:
             conn.close()
+        return json.loads(out)['return']
+
+    def agent_command(self, server, command):
+        return self._agent(server, command)
+
+    def guest_spawn(self, server, shell):
+        """Start a shell command in the guest; do not wait for it."""
+        return self._agent(server, 'guest-exec', {
+            'path': '/bin/sh', 'arg': ['-c', shell]})['pid']
+
+    def wait_agent_gone(self, server, timeout=30):
+        """Wait until the guest agent no longer answers."""
+        import libvirt
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._agent(server, 'guest-ping', timeout=2)
+            except libvirt.libvirtError:
+                return
+            time.sleep(0.5)
+        raise AssertionError('the guest agent of %s still answers after '
+                             '%d s' % (server['id'], timeout))
+
+    def guest_exec(self, server, shell, timeout=60):
+        """Run a shell command in the guest (qemu-ga guest-exec)."""
+        import libvirt
+
+        deadline = time.monotonic() + timeout
+        args = {'path': '/bin/sh', 'arg': ['-c', shell],
+                'capture-output': True}
+        while True:
+            try:
+                pid = self._agent(server, 'guest-exec', args)['pid']
+                break
+            except libvirt.libvirtError:
+                # The agent is not up yet (the clone is booting).
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        status = {'pid': pid}
+        while True:
+            ret = self._agent(server, 'guest-exec-status', status)
+            if ret.get('exited'):
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError('guest command %r still running '
+                                     'after %d s' % (shell, timeout))
+            time.sleep(0.2)
         if ret.get('exitcode'):
             raise AssertionError('guest command %r exited with %s' % (
                 shell, ret.get('exitcode')))

@@ -95,13 +95,25 @@ def register(box):
         'ramdisk': _upload(sess, 'snapbox-initramfs', initrd, 'ari', 'ari',
                            {}),
     }
+    ids['root'] = register_root(box, ROOT_IMAGE, ids)
+    return ids
+
+
+def register_root(box, name, ids=None, **properties):
+    """Register another root disk image of the test guest.
+
+    :param ids: the kernel and ramdisk ids (default: the box's).
+    :param properties: image properties added to (or replacing) those
+        of the box's root image, e.g. ``os_require_quiesce='yes'``.
+    :returns: the image id.
+    """
+    ids = ids or box.state['images']
+    props = {'kernel_id': ids['kernel'], 'ramdisk_id': ids['ramdisk'],
+             'os_command_line': cmdline(box.state['virt_type']),
+             'hw_qemu_guest_agent': 'yes'}
+    props.update(properties)
     with tempfile.TemporaryDirectory(dir=box.dir) as tmp:
         disk = os.path.join(tmp, 'root.qcow2')
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk,
                         '%dM' % ROOT_DISK_MIB], check=True)
-        ids['root'] = _upload(
-            sess, ROOT_IMAGE, disk, 'qcow2', 'bare',
-            {'kernel_id': ids['kernel'], 'ramdisk_id': ids['ramdisk'],
-             'os_command_line': cmdline(box.state['virt_type']),
-             'hw_qemu_guest_agent': 'yes'})
-    return ids
+        return _upload(box.session(), name, disk, 'qcow2', 'bare', props)

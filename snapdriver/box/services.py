@@ -824,6 +824,9 @@ class Box(object):
                 'osapi_compute_workers': '1',
                 'metadata_workers': '1',
                 'graceful_shutdown_timeout': '5',
+                # The test guest has no ACPI handler: a clean stop would
+                # wait the whole timeout (60 s by default) for nothing.
+                'shutdown_timeout': '3',
                 # The box waits for nova-compute's first report after a
                 # (re)start: report every 2 s, not every 10.
                 'report_interval': '2',
@@ -978,6 +981,7 @@ class Box(object):
         # with no request in flight (the callers wait for task_state None)
         # five seconds of grace are enough.
         self.stop_process('nova-compute', timeout=5)
+        self.state['strategies'] = strategies
         self.start_compute(strategies)
 
     # -- flavor and images ---------------------------------------------

@@ -77,10 +77,13 @@ class BoxTestCase(testtools.TestCase):
 
     # -- helpers -------------------------------------------------------
 
-    def boot_writer(self, name=None):
-        """Boot the writer guest; return the server once it writes."""
+    def boot_writer(self, name=None, **kwargs):
+        """Boot the writer guest; return the server once it writes.
+
+        :param kwargs: ``image``, ``flavor`` for :meth:`BoxClient.boot`.
+        """
         name = name or self.id().rsplit('.', 1)[-1][:40]
-        server = self.client.boot(name)
+        server = self.client.boot(name, **kwargs)
         self.addCleanup(self._delete_quietly, server['id'])
         self.assertEqual('ACTIVE', server['status'])
         self.client.wait_for_seq(server, 1)
@@ -107,7 +110,7 @@ class BoxTestCase(testtools.TestCase):
         return self.client.image_save(image['id'], path)
 
     def assertSnapshotImage(self, image, server, min_blocks,
-                            image_type='snapshot'):
+                            image_type='snapshot', base_image=None):
         """Image ACTIVE with Nova's properties, holding a writer prefix.
 
         :returns: ``(n, run_id)`` of the writer blocks in the image.
@@ -116,7 +119,7 @@ class BoxTestCase(testtools.TestCase):
         props = image['properties']
         self.assertEqual(image_type, props.get('image_type'))
         self.assertEqual(server['id'], props.get('instance_uuid'))
-        self.assertEqual(self.box.state['images']['root'],
+        self.assertEqual(base_image or self.box.state['images']['root'],
                          props.get('base_image_ref'))
         self.assertEqual(self.box.state['images']['kernel'],
                          props.get('kernel_id'))
@@ -147,3 +150,31 @@ class BoxTestCase(testtools.TestCase):
         path = self.box.snapshots_path
         left = os.listdir(path) if os.path.isdir(path) else []
         self.assertEqual([], left)
+
+    def compute_log_lines(self, server, text, since=0):
+        """nova-compute's log lines about ``server`` holding ``text``.
+
+        :param since: a byte offset in the log (see :meth:`compute_log_end`).
+        """
+        with open(self.box.log('nova-compute'), 'rb') as f:
+            f.seek(since)
+            data = f.read().decode('utf-8', 'replace')
+        return [ln for ln in data.splitlines()
+                if text in ln and server['id'] in ln]
+
+    def compute_log_end(self):
+        return os.path.getsize(self.box.log('nova-compute'))
+
+    def set_strategies(self, strategies):
+        """Restart nova-compute with ``[snapdriver] strategies``.
+
+        The default order comes back when the test ends.
+        """
+        if strategies == self.box.state.get('strategies'):
+            return
+        self.box.restart_compute(strategies)
+        self.addCleanup(self._default_strategies)
+
+    def _default_strategies(self):
+        if self.box.state.get('strategies') is not None:
+            self.box.restart_compute(None)
