@@ -586,6 +586,8 @@ def host_facts():
 
 #: libvirt's disk cache modes (``<driver cache=...>``).
 CACHE_MODES = ('none', 'writeback', 'writethrough', 'directsync', 'unsafe')
+#: libvirt's disk io modes (``<driver io=...>``).
+IO_MODES = ('native', 'threads', 'io_uring')
 
 
 def default_strategy(names):
@@ -941,19 +943,24 @@ class Bench(object):
             images.cleanUp()
         return statistics.median(took), took
 
-    def disk_modes_for(self, mode):
-        """The disk's ``(cache, io)`` for ``--cache-mode`` ``mode``."""
-        if mode == 'default':
-            return None, None
-        if mode != 'nova':
-            return mode, None
+    def disk_modes_for(self, cache_mode, disk_io):
+        """The disk's ``(cache, io)`` for ``--cache-mode`` and ``--disk-io``.
+
+        ``nova``: what Nova's defaults give; ``default``: none (libvirt's).
+        """
         probe = tempfile.mkdtemp(prefix='snapdriver-bench-probe-',
                                  dir=self.parent)
         try:
             self.conf.config(instances_path=probe)
-            return nova_disk_modes()
+            nova_cache, nova_io = nova_disk_modes()
         finally:
             shutil.rmtree(probe, ignore_errors=True)
+        chosen = []
+        for given, nova_value in ((cache_mode, nova_cache),
+                                  (disk_io, nova_io)):
+            chosen.append(nova_value if given == 'nova' else
+                          None if given == 'default' else given)
+        return tuple(chosen)
 
     def run(self, sizes, fills, cases):
         self.conf.setUp()
@@ -963,11 +970,12 @@ class Bench(object):
                              else 'qemu',
                              snapshot_image_format=self.args.image_format,
                              group='libvirt')
-            self.disk_modes = self.disk_modes_for(self.args.cache_mode)
-            self.log('Disks: cache=%s io=%s (--cache-mode %s)',
+            self.disk_modes = self.disk_modes_for(self.args.cache_mode,
+                                                  self.args.disk_io)
+            self.log('Disks: cache=%s io=%s (--cache-mode %s --disk-io %s)',
                      self.disk_modes[0] or "(libvirt's default)",
                      self.disk_modes[1] or "(libvirt's default)",
-                     self.args.cache_mode)
+                     self.args.cache_mode, self.args.disk_io)
             self.exit_latency, probes = self.qemu_exit_latency()
             self.log('QEMU exit as libvirt sees it (destroy of an idle '
                      'domain): %.2f s (%s)', self.exit_latency,
@@ -1639,6 +1647,14 @@ def parse_args(argv):
                              "else writeback); default: none set, "
                              "libvirt's default (the shape measured before "
                              "this option); or a mode to set")
+    parser.add_argument('--disk-io', default='nova',
+                        choices=('nova', 'default') + IO_MODES,
+                        help="the throwaway disks' libvirt io mode: nova "
+                             "(default): what Nova's defaults give (none "
+                             "set, unless [DEFAULT] preallocate_images = "
+                             "space, then native); default: none set; or "
+                             "a mode to set (native needs cache none or "
+                             "directsync)")
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--strategies', default=None,
                         help='comma-separated strategies; default: every '
@@ -1770,7 +1786,7 @@ def main(argv=None):
         'host': facts,
         'settings': {
             'sizes_gib': args.size_list, 'fills': args.fill_list,
-            'cache_mode': args.cache_mode,
+            'cache_mode': args.cache_mode, 'disk_io_mode': args.disk_io,
             'disk_cache': bench.disk_modes[0],
             'disk_io': bench.disk_modes[1],
             'layout': 'instances/_base/<sha1> (raw) + '
@@ -1802,7 +1818,8 @@ def main(argv=None):
     print(refs)
     if breakdown:
         print(breakdown)
-    print('Disks: cache=%s io=%s (--cache-mode %s). x convert: '
+    print('Disks: cache=%s io=%s (--cache-mode %s --disk-io %s). '
+          'x convert: '
           'total-upload over the fastest bare convert to the same format '
           '(convert-<format>). Fixed cost: from the snapshot() call to the '
           'start of the copy (backup or block copy job begun, conversion '
@@ -1815,7 +1832,8 @@ def main(argv=None):
           'process: %s s here.'
           % (bench.disk_modes[0] or 'default',
              bench.disk_modes[1] or 'default', args.cache_mode,
-             SAMPLE_INTERVAL * 1000, _f(result['qemu_exit_seconds'])))
+             args.disk_io, SAMPLE_INTERVAL * 1000,
+             _f(result['qemu_exit_seconds'])))
     if not args.no_chart:
         png = chart(rows, os.path.join(args.output_dir, 'results.png'))
         print('chart: %s' % (png or 'skipped, matplotlib is not installed'))
