@@ -78,17 +78,30 @@ from nova import objects
 import nova.privsep
 from nova.privsep import utils as nova_privsep_utils
 from nova.virt import fake as fake_virt
+from nova.virt import images as nova_images
+from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import guest as nova_guest
+from nova.virt.libvirt import host as nova_host
+from nova.virt.libvirt import utils as nova_libvirt_utils
 from oslo_config import fixture as config_fixture
+from oslo_utils import strutils
 from oslo_utils import units
 from oslo_utils import uuidutils
 import stevedore
 
 from snapdriver import conf
 from snapdriver import driver as snap_driver
+from snapdriver import guest_state
+from snapdriver import journal
+from snapdriver import policy
+from snapdriver import qemu_img
+from snapdriver import request as snap_request
 from snapdriver import runner
+from snapdriver import space
 from snapdriver import strategies
 from snapdriver.strategies import base as strategy_base
+from snapdriver.strategies import live_backup
 from snapdriver.tests.functional import fixtures as real
 from snapdriver.tests.functional import writer_guest
 
@@ -184,10 +197,10 @@ class Sampler(threading.Thread):
                 except libvirt.libvirtError:
                     self.errors += 1
                     state, persistent = 'missing', False
-                space = self._space()
+                extra = self._space()
                 now = time.monotonic()
                 self.states.add(state)
-                self.peak_extra = max(self.peak_extra, space)
+                self.peak_extra = max(self.peak_extra, extra)
                 if prev is not None:
                     p_time, p_down, p_transient = prev
                     if p_down:
@@ -366,17 +379,6 @@ def fixed_cost_steps(strategy_name):
     :returns: ``(owner, attribute, label, is_context_manager)`` tuples;
         ``label`` is a string or a callable given the call's arguments.
     """
-    from nova.virt.libvirt import guest as nova_guest
-    from nova.virt.libvirt import host as nova_host
-    from nova.virt.libvirt import utils as nova_libvirt_utils
-
-    from snapdriver import guest_state
-    from snapdriver import journal
-    from snapdriver import policy
-    from snapdriver import qemu_img
-    from snapdriver import request as snap_request
-    from snapdriver import space
-
     steps = [
         (runner, 'snapshot_lock', 'snapshot lock (external)', True),
         (nova_host.Host, 'get_guest', 'Host.get_guest', False),
@@ -417,7 +419,6 @@ def fixed_cost_steps(strategy_name):
         owner = next(k for k in cls.__mro__ if attr in k.__dict__)
         steps.append((owner, attr, '%s.%s' % (strategy_name, attr), False))
     if strategy_name == 'live-backup':
-        from snapdriver.strategies import live_backup
         steps.append((live_backup, 'disk_targets',
                       'disk_targets (domain XML parsed)', False))
     return steps
@@ -432,9 +433,6 @@ def stock_copy_start():
     converts the disk (``images.convert_image``: the copy begins with the
     call). Yields a list that gets the ``time.monotonic()`` of each.
     """
-    from nova.virt import images as nova_images
-    from nova.virt.libvirt import guest as nova_guest
-
     started = []
     rebase = nova_guest.BlockDevice.rebase
     convert = nova_images.convert_image
@@ -471,9 +469,6 @@ def nova_disk_modes():
 
     :returns: ``(cache, io)``; ``io`` is ``None`` when Nova sets none.
     """
-    from nova.virt.libvirt import config as vconfig
-    from oslo_utils import strutils
-
     drv = libvirt_driver.LibvirtDriver(fake_virt.FakeVirtAPI(), False)
     disk = vconfig.LibvirtConfigGuestDisk()
     disk.source_type = 'file'
