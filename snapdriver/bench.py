@@ -12,20 +12,33 @@
 
 """Benchmark snapshot strategies against the stock Nova driver.
 
-Runs on the real host (``qemu:///system``, as root): for every disk size a
-raw base and a qcow2 overlay holding random data are built once, and every
-run gets a fresh copy of both, a fresh throwaway domain on the copy and a
-fresh snapshots directory. Each run calls ``snapshot()`` of a real driver
-(Nova's own ``LibvirtDriver`` or ``LibvirtSnapshotDriver`` restricted to one
-strategy) with an image service that stores the upload in a local file,
-then checks the uploaded image with ``qemu-img compare``.
+Runs on the real host (``qemu:///system``, as root) on disks shaped as
+Nova makes them: for every disk size and fill a raw base and a qcow2
+overlay holding random data (part in the base, part in the overlay, some
+of it over the base's) are built once, laid out as Nova's file backends
+do (``instances/_base/<sha1>`` and ``instances/<uuid>/disk``, backing
+format raw). Every run gets a fresh copy of both in a fresh instances
+directory (``[DEFAULT] instances_path``), a fresh throwaway domain on the
+copy, whose disk has the cache and io modes Nova's defaults give it on
+this filesystem (``--cache-mode nova``: ``cache='none'`` where O_DIRECT
+works), and a fresh snapshots directory. Each run calls ``snapshot()`` of
+a real driver (Nova's own ``LibvirtDriver`` or ``LibvirtSnapshotDriver``
+restricted to one strategy) with an image service that stores the upload
+in a local file, then checks the uploaded image with ``qemu-img
+compare``. Bare conversions of the same disk are measured in the same
+run: the fastest (``qemu-img convert -t writeback -W``) and Nova's own
+(``-t none``).
 
 A thread with its own libvirt connection samples, every ~2 ms, the
-domain's state and persistence and the extra disk space on the host.
+domain's state and persistence and the extra disk space on the host. The
+fixed cost of a snapshot is the time from the ``snapshot()`` call to the
+start of its copy (:attr:`runner.SnapshotRun.copy_started`; for stock
+Nova, its block job or conversion); for the default strategy it is broken
+down into steps (:class:`Tracer`).
 
 Usage::
 
-    python -m snapdriver.bench --sizes 1,2,4 --fill 0.25 --repeat 3
+    python -m snapdriver.bench --sizes 1,2,4,8 --fill 0.25,0.75 --repeat 3
 
 Writes ``results.json``, ``results.md`` and ``results.png`` (when
 matplotlib is installed) to ``--output-dir``.
@@ -63,18 +76,32 @@ from nova import context as nova_context
 from nova.network import model as network_model
 from nova import objects
 import nova.privsep
+from nova.privsep import utils as nova_privsep_utils
 from nova.virt import fake as fake_virt
+from nova.virt import images as nova_images
+from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import driver as libvirt_driver
+from nova.virt.libvirt import guest as nova_guest
+from nova.virt.libvirt import host as nova_host
+from nova.virt.libvirt import utils as nova_libvirt_utils
 from oslo_config import fixture as config_fixture
+from oslo_utils import strutils
 from oslo_utils import units
 from oslo_utils import uuidutils
 import stevedore
 
 from snapdriver import conf
 from snapdriver import driver as snap_driver
+from snapdriver import guest_state
+from snapdriver import journal
+from snapdriver import policy
+from snapdriver import qemu_img
+from snapdriver import request as snap_request
 from snapdriver import runner
+from snapdriver import space
 from snapdriver import strategies
 from snapdriver.strategies import base as strategy_base
+from snapdriver.strategies import live_backup
 from snapdriver.tests.functional import fixtures as real
 from snapdriver.tests.functional import writer_guest
 
@@ -170,10 +197,10 @@ class Sampler(threading.Thread):
                 except libvirt.libvirtError:
                     self.errors += 1
                     state, persistent = 'missing', False
-                space = self._space()
+                extra = self._space()
                 now = time.monotonic()
                 self.states.add(state)
-                self.peak_extra = max(self.peak_extra, space)
+                self.peak_extra = max(self.peak_extra, extra)
                 if prev is not None:
                     p_time, p_down, p_transient = prev
                     if p_down:
@@ -257,6 +284,201 @@ def recorded_runs():
         runner.captured = original
 
 
+class _TracedContext(object):
+    """A context manager whose ``__enter__`` is timed by a Tracer."""
+
+    def __init__(self, tracer, label, cm):
+        self._tracer = tracer
+        self._label = label
+        self._cm = cm
+
+    def __enter__(self):
+        return self._tracer.call(self._label, self._cm.__enter__)
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+class Tracer(object):
+    """Time the steps of a snapshot, to break its fixed cost down.
+
+    Wraps the functions, methods and context managers named in
+    :func:`fixed_cost_steps` for as long as it is active, and records
+    ``(label, depth, start, end)`` (``time.monotonic()``) for each call
+    made by the thread that activated it; depth 0 is a call made outside
+    every other traced call. A context manager's time is that of its
+    ``__enter__``. The wrappers cost microseconds per call.
+    """
+
+    def __init__(self):
+        self.events = []
+        self._depth = 0
+        self._thread = None
+
+    def call(self, label, func, *args, **kwargs):
+        if threading.get_ident() != self._thread:
+            return func(*args, **kwargs)
+        depth = self._depth
+        self._depth += 1
+        t0 = time.monotonic()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            self._depth = depth
+            name = label(*args, **kwargs) if callable(label) else label
+            self.events.append((name, depth, t0, time.monotonic()))
+
+    def wrap(self, label, func):
+        def traced(*args, **kwargs):
+            return self.call(label, func, *args, **kwargs)
+        return traced
+
+    def wrap_context(self, label, factory):
+        def traced(*args, **kwargs):
+            return _TracedContext(self, label, factory(*args, **kwargs))
+        return traced
+
+    @contextlib.contextmanager
+    def active(self, steps):
+        """Trace ``steps`` (see :func:`fixed_cost_steps`) in this thread."""
+        self._thread = threading.get_ident()
+        saved = []
+        try:
+            for owner, attr, label, is_context in steps:
+                original = owner.__dict__[attr]
+                saved.append((owner, attr, original))
+                wrapper = (self.wrap_context if is_context else self.wrap)(
+                    label, original)
+                setattr(owner, attr, wrapper)
+            yield self
+        finally:
+            for owner, attr, original in reversed(saved):
+                setattr(owner, attr, original)
+            self._thread = None
+
+    def breakdown(self, start, end):
+        """The steps that began in ``[start, end)``, clipped to ``end``.
+
+        :returns: a list of ``{'step', 'depth', 'calls', 'ms'}`` in the
+            order of their first call, one per (label, depth).
+        """
+        steps = {}
+        for label, depth, t0, t1 in sorted(self.events, key=lambda e: e[2]):
+            if not start <= t0 < end:
+                continue
+            step = steps.setdefault((label, depth), {
+                'step': label, 'depth': depth, 'calls': 0, 'ms': 0.0})
+            step['calls'] += 1
+            step['ms'] += (min(t1, end) - t0) * 1000
+        return list(steps.values())
+
+
+def fixed_cost_steps(strategy_name):
+    """What :class:`Tracer` times in our driver's snapshot() of a strategy.
+
+    :returns: ``(owner, attribute, label, is_context_manager)`` tuples;
+        ``label`` is a string or a callable given the call's arguments.
+    """
+    steps = [
+        (runner, 'snapshot_lock', 'snapshot lock (external)', True),
+        (nova_host.Host, 'get_guest', 'Host.get_guest', False),
+        (journal, 'recover', 'journal.recover', False),
+        (snap_request, 'build', 'request.build', False),
+        (nova_libvirt_utils, 'find_disk', 'find_disk (domain XML)', False),
+        (nova_guest.Guest, 'get_config',
+         'Guest.get_config (domain XML parsed)', False),
+        (nova_guest.Guest, 'get_xml_desc', 'Guest.get_xml_desc (libvirt)',
+         False),
+        (nova_guest.Guest, 'get_power_state', 'Guest.get_power_state',
+         False),
+        (qemu_img, '_run', lambda action, *a, **k: 'qemu-img %s' % action,
+         False),
+        (snap_driver.LibvirtSnapshotDriver, 'policy_registry',
+         'policy + registry narrowed', False),
+        (policy, 'for_instance', 'policy.for_instance', False),
+        (strategies.Registry, 'choose', 'Registry.choose', False),
+        (snap_driver.LibvirtSnapshotDriver, '_create_snapshot_metadata',
+         'snapshot metadata', False),
+        (guest_state, 'check_quiesce', 'check_quiesce', False),
+        (runner, 'check_source', 'check_source', False),
+        (runner, 'detect_formats', 'format inspection', False),
+        (runner, 'clean_stale_workdirs', 'clean_stale_workdirs', False),
+        (runner, 'check_space', 'check_space', False),
+        (runner, 'workdir', 'work directory', True),
+        (guest_state, 'held', 'guest state held', True),
+        (guest_state, 'quiesced', 'quiesce', True),
+        (space, 'reserve', 'space.reserve (fallocate)', False),
+        (space, 'unsupported_reason', 'space.unsupported_reason', False),
+        (libvirt.virDomain, 'backupBegin', 'virDomainBackupBegin', False),
+        (libvirt.virDomain, 'blockCopy', 'virDomainBlockCopy', False),
+        (libvirt.virDomain, 'jobStats', 'virDomainGetJobStats', False),
+    ]
+    manager = stevedore.ExtensionManager(strategies.NAMESPACE)
+    cls = {ext.name: ext.plugin for ext in manager}[strategy_name]
+    for attr in ('unsupported_reason', 'clean_leftovers', 'space_needed'):
+        owner = next(k for k in cls.__mro__ if attr in k.__dict__)
+        steps.append((owner, attr, '%s.%s' % (strategy_name, attr), False))
+    if strategy_name == 'live-backup':
+        steps.append((live_backup, 'disk_targets',
+                      'disk_targets (domain XML parsed)', False))
+    return steps
+
+
+@contextlib.contextmanager
+def stock_copy_start():
+    """Note when stock Nova's snapshot starts copying data.
+
+    Its live snapshot starts a block job (``BlockDevice.rebase`` with
+    ``copy=True``: the copy has begun when it returns); its cold snapshot
+    converts the disk (``images.convert_image``: the copy begins with the
+    call). Yields a list that gets the ``time.monotonic()`` of each.
+    """
+    started = []
+    rebase = nova_guest.BlockDevice.rebase
+    convert = nova_images.convert_image
+
+    def traced_rebase(self, *args, **kwargs):
+        result = rebase(self, *args, **kwargs)
+        if kwargs.get('copy'):
+            started.append(time.monotonic())
+        return result
+
+    def traced_convert(*args, **kwargs):
+        started.append(time.monotonic())
+        return convert(*args, **kwargs)
+
+    nova_guest.BlockDevice.rebase = traced_rebase
+    nova_images.convert_image = traced_convert
+    try:
+        yield started
+    finally:
+        nova_guest.BlockDevice.rebase = rebase
+        nova_images.convert_image = convert
+
+
+def nova_disk_modes():
+    """The cache and io modes Nova gives a file disk of an instance.
+
+    Computed by Nova's own code with the current configuration (``[DEFAULT]
+    instances_path``, ``[libvirt] disk_cachemodes``, ``[DEFAULT]
+    preallocate_images``), as ``LibvirtDriver._get_guest_disk_config``
+    does for a qcow2 or raw image backend: ``disk_cachemode`` (``none``
+    where a file opened with O_DIRECT in ``instances_path`` takes a 4 KiB
+    write, else ``writeback``), the backend's ``driver_io`` (``native``
+    only with ``preallocate_images = space``), then ``_set_cache_mode``.
+
+    :returns: ``(cache, io)``; ``io`` is ``None`` when Nova sets none.
+    """
+    drv = libvirt_driver.LibvirtDriver(fake_virt.FakeVirtAPI(), False)
+    disk = vconfig.LibvirtConfigGuestDisk()
+    disk.source_type = 'file'
+    disk.driver_cache = drv.disk_cachemode
+    if strutils.to_slug(CONF.preallocate_images) == 'space':
+        disk.driver_io = 'native'
+    drv._set_cache_mode(disk)
+    return disk.driver_cache, disk.driver_io
+
+
 # Host helpers
 
 
@@ -301,6 +523,29 @@ def drop_caches():
     return True
 
 
+def evict(paths):
+    """Write back, then drop from the page cache, the files of ``paths``.
+
+    ``paths`` are files or directories (walked). Only their pages go:
+    programs and libraries (qemu-img's, libvirt's) stay cached as on a
+    compute host that uses them all day.
+    """
+    os.sync()
+    for top in paths:
+        files = [top] if not os.path.isdir(top) else [
+            os.path.join(d, name) for d, _dirs, names in os.walk(top)
+            for name in names]
+        for path in files:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def tool_version(*cmd):
     try:
         out = subprocess.run(list(cmd), check=True, capture_output=True,
@@ -332,6 +577,20 @@ def host_facts():
         'python': platform.python_version(),
         'loadavg_start': os.getloadavg(),
     }
+
+
+#: libvirt's disk cache modes (``<driver cache=...>``).
+CACHE_MODES = ('none', 'writeback', 'writethrough', 'directsync', 'unsafe')
+#: libvirt's disk io modes (``<driver io=...>``).
+IO_MODES = ('native', 'threads', 'io_uring')
+
+
+def default_strategy(names):
+    """The strategy of ``names`` our driver would try first by default."""
+    for name in conf.DEFAULT_STRATEGIES:
+        if name in names:
+            return name
+    return names[0] if names else None
 
 
 def installed_strategies():
@@ -412,75 +671,116 @@ class Bench(object):
         self.parent = (real.DEFAULT_IMAGES_PARENT
                        if os.access(real.DEFAULT_IMAGES_PARENT, os.W_OK)
                        else tempfile.gettempdir())
-        self.cache_cold = args.cache == 'cold'
+        self.cache = args.cache
         self.context = nova_context.get_admin_context()
         self.conf = config_fixture.Config(CONF)
         self.runs = []
         self.references = []
         self.not_applicable = {}
         self.exit_latency = None
+        #: The throwaway disks' (cache, io), set by run().
+        self.disk_modes = (None, None)
 
     def log(self, msg, *a):
         print(msg % a, file=sys.stderr, flush=True)
 
-    def prepare_cache(self):
-        if self.cache_cold and not drop_caches():
+    def prepare_cache(self, paths):
+        """Make the cache as ``--cache`` says before a measured operation.
+
+        :param paths: the files (or directories) the operation reads.
+        """
+        if self.cache == 'cold':
+            evict(paths)
+        elif self.cache == 'cold-all' and not drop_caches():
             self.log('cannot write /proc/sys/vm/drop_caches: warm cache')
-            self.cache_cold = False
+            self.cache = 'warm'
 
-    # Per size
+    # Per size and fill
 
-    def master(self, size_bytes):
-        data = int(size_bytes * self.args.fill) // units.Mi * units.Mi
+    def master(self, size_bytes, fill):
+        data = int(size_bytes * fill) // units.Mi * units.Mi
         return real.DiskImages(virtual_size=size_bytes,
                                data_size=max(data, units.Mi),
-                               parent_dir=self.parent, seed=size_bytes)
+                               parent_dir=self.parent,
+                               seed=size_bytes + int(fill * 1000),
+                               nova_layout=True)
 
-    def copy_disk(self, master, rundir):
-        """A fresh copy of base + overlay, same layout, overlay rebased."""
-        base = os.path.join(rundir, 'base.raw')
-        overlay = os.path.join(rundir, 'overlay.qcow2')
+    def copy_disk(self, master, rundir, uuid):
+        """A fresh copy of the disk, laid out as Nova does, in ``rundir``.
+
+        ``rundir/instances/_base/<sha1>`` (raw) and
+        ``rundir/instances/<uuid>/disk`` (the qcow2 overlay, rebased on
+        that copy of the base).
+        """
+        instances = os.path.join(rundir, 'instances')
+        base, overlay = real.nova_disk_paths(instances, uuid,
+                                             master.image_id)
         for src, dst in ((master.base_path, base),
                          (master.overlay_path, overlay)):
+            os.makedirs(os.path.dirname(dst), mode=0o711, exist_ok=True)
             execute('cp', '--reflink=auto', '--sparse=always', '--', src,
                     dst)
         # Unsafe rebase: only the header's backing path changes.
         execute('qemu-img', 'rebase', '-u', '-f', 'qcow2', '-F', 'raw',
                 '-b', base, overlay)
         return types.SimpleNamespace(base_path=base, overlay_path=overlay,
-                                     reference_path=master.reference_path)
+                                     reference_path=master.reference_path,
+                                     instances_dir=instances)
 
-    def references_for(self, size_gib, master, rep):
+    def reference_commands(self, instances_dir):
+        """The bare conversions measured beside the snapshots.
+
+        ``convert-<fmt>``: the fastest bare convert (cache writeback,
+        out-of-order writes, from a cold source cache: the output is read
+        straight back by the upload, so the page cache is the right place
+        for it). ``convert-nova``: Nova's own snapshot conversion
+        (``nova.privsep.qemu.unprivileged_convert_image``), ``-t none``
+        where the instances directory has direct I/O.
+        """
+        nova_mode = ('none' if nova_privsep_utils.supports_direct_io(
+            instances_dir) else 'writeback')
+        return [
+            ('convert-raw', 'raw', ['qemu-img', 'convert', '-t',
+                                    'writeback', '-W', '-f', 'qcow2',
+                                    '-O', 'raw']),
+            ('convert-qcow2', 'qcow2', ['qemu-img', 'convert', '-t',
+                                        'writeback', '-W', '-f', 'qcow2',
+                                        '-O', 'qcow2']),
+            ('convert-nova', 'qcow2', ['qemu-img', 'convert', '-t',
+                                       nova_mode, '-O', 'qcow2', '-f',
+                                       'qcow2']),
+        ]
+
+    def references_for(self, size_gib, fill, master, rep):
         tmp = tempfile.mkdtemp(prefix='snapdriver-bench-ref-',
                                dir=self.parent)
         try:
-            disk = self.copy_disk(master, tmp)
-            for fmt in ('raw', 'qcow2'):
+            disk = self.copy_disk(master, tmp, uuidutils.generate_uuid())
+            for label, fmt, cmd in self.reference_commands(
+                    disk.instances_dir):
                 out = os.path.join(tmp, 'out.%s' % fmt)
-                cmd = ['qemu-img', 'convert', '-f', 'qcow2', '-O', fmt,
-                       '-W', '--', disk.overlay_path, out]
-                self.prepare_cache()
+                self.prepare_cache([disk.instances_dir])
                 t0 = time.monotonic()
-                execute(*cmd)
+                execute(*(cmd + ['--', disk.overlay_path, out]))
                 took = time.monotonic() - t0
                 ok = real.images_equal(out, fmt, master.reference_path,
                                        'raw')
                 self.references.append({
-                    'size_gib': size_gib, 'label': 'convert-%s' % fmt,
+                    'size_gib': size_gib, 'fill': fill, 'label': label,
                     'rep': rep, 'seconds': took, 'verified': ok,
                     'bytes': os.path.getsize(out),
-                    'command': ' '.join(cmd[:-3])})
+                    'command': ' '.join(cmd)})
                 os.unlink(out)
-            self.prepare_cache()
+            self.prepare_cache([disk.instances_dir])
             t0 = time.monotonic()
             read = sum(read_data(path) for path in (disk.base_path,
                                                     disk.overlay_path))
             self.references.append({
-                'size_gib': size_gib, 'label': 'read-data', 'rep': rep,
-                'seconds': time.monotonic() - t0, 'verified': True,
-                'bytes': read,
-                'command': 'read the allocated extents of base.raw and '
-                           'overlay.qcow2 (SEEK_DATA), 4 MiB reads'})
+                'size_gib': size_gib, 'fill': fill, 'label': 'read-data',
+                'rep': rep, 'seconds': time.monotonic() - t0,
+                'verified': True, 'bytes': read,
+                'command': 'read the allocated extents of _base/<sha1> and '
+                           '<uuid>/disk (SEEK_DATA), 4 MiB reads'})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -513,35 +813,43 @@ class Bench(object):
         drv._image_api = TimedImageService(uploads)
         return drv, drv._image_api
 
-    def run_once(self, case, size_gib, master, rep):
+    def run_once(self, case, size_gib, fill, master, rep):
         rundir = tempfile.mkdtemp(prefix='snapdriver-bench-',
                                   dir=self.parent)
         os.chmod(rundir, 0o711)
-        diskdir = os.path.join(rundir, 'disk')
         snapdir = os.path.join(rundir, 'snapshots')
-        os.mkdir(diskdir, 0o711)
         os.mkdir(snapdir, 0o711)
         uploads = tempfile.mkdtemp(prefix='snapdriver-bench-up-',
                                    dir=self.args.upload_dir)
         domain = None
         setup_started = time.monotonic()
-        result = {'size_gib': size_gib, 'label': case.label,
+        result = {'size_gib': size_gib, 'fill': fill, 'label': case.label,
                   'state': case.state, 'rep': rep, 'verified': False,
                   'error': None}
         try:
-            disk = self.copy_disk(master, diskdir)
             uuid = uuidutils.generate_uuid()
+            disk = self.copy_disk(master, rundir, uuid)
+            # NOTE: Nova decides its conversions' cache mode (-t none or
+            # writeback) by the direct I/O of [DEFAULT] instances_path.
+            self.conf.config(instances_path=disk.instances_dir)
+            cache, io = self.disk_modes
             domain = real.RealDomain(
                 images=disk, uuid=uuid, name='snapdriver-bench-%s' % uuid,
-                start_state=case.state)
+                start_state=case.state, disk_cache=cache, disk_io=io)
+            result['domain'] = domain.name
             domain.setUp()
             drv, images = self.make_driver(case, snapdir, uploads)
             instance = make_instance(domain.uuid)
-            self.prepare_cache()
+            tracer = Tracer()
+            steps = (fixed_cost_steps(case.strategy)
+                     if case.strategy is not None else [])
+            self.prepare_cache([disk.instances_dir])
             sampler = Sampler(domain.uuid, domain.name, case.state, snapdir,
-                              diskdir)
+                              disk.instances_dir)
             sampler.start()
-            with recorded_runs() as our_runs:
+            with recorded_runs() as our_runs, \
+                    stock_copy_start() as stock_copies, \
+                    tracer.active(steps):
                 t0 = time.monotonic()
                 try:
                     drv.snapshot(self.context, instance, 'image-1',
@@ -551,6 +859,8 @@ class Bench(object):
                     total = time.monotonic() - t0
                     sampler.stop()
             t1 = time.monotonic()
+            copy_started = (our_runs[0].copy_started if our_runs else
+                            (stock_copies[0] if stock_copies else None))
             fmt = images.metadata['image-1']['disk_format']
             verified = real.images_equal(images.uploads['image-1'], fmt,
                                          master.reference_path, 'raw')
@@ -560,6 +870,14 @@ class Bench(object):
                 'total_seconds': total,
                 'upload_seconds': images.upload_seconds,
                 'extract_seconds': total - images.upload_seconds,
+                'fixed_cost_seconds': (copy_started - t0
+                                       if copy_started is not None
+                                       else None),
+                'fixed_cost_steps': (
+                    tracer.breakdown(t0, copy_started)
+                    if steps and copy_started is not None else None),
+                'disk_cache': cache,
+                'disk_io': io,
                 'downtime_sampled': sampler.downtime,
                 'downtime_record': (our_runs[0].guest.downtime
                                     if our_runs else None),
@@ -620,7 +938,26 @@ class Bench(object):
             images.cleanUp()
         return statistics.median(took), took
 
-    def run(self, sizes, cases):
+    def disk_modes_for(self, cache_mode, disk_io):
+        """The disk's ``(cache, io)`` for ``--cache-mode`` and ``--disk-io``.
+
+        ``nova``: what Nova's defaults give; ``default``: none (libvirt's).
+        """
+        probe = tempfile.mkdtemp(prefix='snapdriver-bench-probe-',
+                                 dir=self.parent)
+        try:
+            self.conf.config(instances_path=probe)
+            nova_cache, nova_io = nova_disk_modes()
+        finally:
+            shutil.rmtree(probe, ignore_errors=True)
+        chosen = []
+        for given, nova_value in ((cache_mode, nova_cache),
+                                  (disk_io, nova_io)):
+            chosen.append(nova_value if given == 'nova' else
+                          None if given == 'default' else given)
+        return tuple(chosen)
+
+    def run(self, sizes, fills, cases):
         self.conf.setUp()
         try:
             self.conf.config(connection_uri=real.LIBVIRT_URI,
@@ -628,43 +965,55 @@ class Bench(object):
                              else 'qemu',
                              snapshot_image_format=self.args.image_format,
                              group='libvirt')
+            self.disk_modes = self.disk_modes_for(self.args.cache_mode,
+                                                  self.args.disk_io)
+            self.log('Disks: cache=%s io=%s (--cache-mode %s --disk-io %s)',
+                     self.disk_modes[0] or "(libvirt's default)",
+                     self.disk_modes[1] or "(libvirt's default)",
+                     self.args.cache_mode, self.args.disk_io)
             self.exit_latency, probes = self.qemu_exit_latency()
             self.log('QEMU exit as libvirt sees it (destroy of an idle '
                      'domain): %.2f s (%s)', self.exit_latency,
                      ', '.join('%.2f' % p for p in probes))
             for size_gib in sizes:
                 size = int(size_gib * units.Gi) // units.Mi * units.Mi
-                self.log('Building the %g GiB disk (%g GiB of data)...',
-                         size_gib, size_gib * self.args.fill)
-                master = self.master(size)
-                master.setUp()
-                try:
-                    for rep in range(self.args.repeat):
-                        self.references_for(size_gib, master, rep)
-                        for case in cases:
-                            if case.key in self.not_applicable:
-                                continue
-                            result = self.run_once(case, size_gib, master,
-                                                   rep)
-                            self.runs.append(result)
-                            if result.get('not_applicable'):
-                                self.not_applicable[case.key] = (
-                                    result['not_applicable'])
-                            self.log('%g GiB rep %d %-28s %s', size_gib,
-                                     rep + 1, case.key, _brief(result))
-                finally:
-                    master.cleanUp()
+                for fill in fills:
+                    self.run_disk(size_gib, size, fill, cases)
         finally:
             self.conf.cleanUp()
+
+    def run_disk(self, size_gib, size, fill, cases):
+        self.log('Building the %g GiB disk (%g GiB of data)...', size_gib,
+                 size_gib * fill)
+        master = self.master(size, fill)
+        master.setUp()
+        try:
+            for rep in range(self.args.repeat):
+                self.references_for(size_gib, fill, master, rep)
+                for case in cases:
+                    if case.key in self.not_applicable:
+                        continue
+                    result = self.run_once(case, size_gib, fill, master, rep)
+                    self.runs.append(result)
+                    if result.get('not_applicable'):
+                        self.not_applicable[case.key] = (
+                            result['not_applicable'])
+                    self.log('%g GiB fill %g rep %d %-28s %s', size_gib,
+                             fill, rep + 1, case.key, _brief(result))
+        finally:
+            master.cleanUp()
 
 
 def _brief(r):
     if r.get('error'):
         return 'FAILED: %s' % r['error']
-    return ('total %.2f s, upload %.2f s, down %.3f s, transient %.3f s, '
-            'peak %.0f MiB' % (r['total_seconds'], r['upload_seconds'],
-                               r['downtime_sampled'], r['transient_seconds'],
-                               r['peak_extra_bytes'] / units.Mi))
+    return ('total %.2f s, upload %.2f s, fixed %s ms, down %.3f s, '
+            'transient %.3f s, peak %.0f MiB' % (
+                r['total_seconds'], r['upload_seconds'],
+                _f(r.get('fixed_cost_seconds') and
+                   r['fixed_cost_seconds'] * 1000, '%.0f'),
+                r['downtime_sampled'], r['transient_seconds'],
+                r['peak_extra_bytes'] / units.Mi))
 
 
 # Reporting
@@ -675,39 +1024,61 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+REFERENCES = ('convert-qcow2', 'convert-raw', 'convert-nova', 'read-data')
+
+
+def _steps_median(runs):
+    """Median ms of each fixed-cost step over ``runs``, in call order."""
+    per_step = {}
+    for run in runs:
+        for step in run.get('fixed_cost_steps') or ():
+            key = (step['step'], step['depth'])
+            per_step.setdefault(key, []).append(step)
+    if not per_step:
+        return None
+    return [{'step': key[0], 'depth': key[1],
+             'calls': _median([s['calls'] for s in items]),
+             # A step missing from a run took 0 ms there.
+             'ms': _median([s['ms'] for s in items] +
+                           [0.0] * (len(runs) - len(items)))}
+            for key, items in per_step.items()]
+
+
 def aggregate(bench, cases):
-    """One row per (size, case), medians over the verified runs."""
+    """One row per (size, fill, case), medians over the verified runs."""
     rows = []
     refs = {}
     for ref in bench.references:
-        refs.setdefault((ref['size_gib'], ref['label']), []).append(ref)
+        refs.setdefault((ref['size_gib'], ref['fill'], ref['label']),
+                        []).append(ref)
     ref_median = {k: _median([r['seconds'] for r in v if r['verified']])
                   for k, v in refs.items()}
     by_key = {}
     for run in bench.runs:
-        by_key.setdefault((run['size_gib'], '%s/%s' % (run['label'],
-                                                       run['state'])),
+        by_key.setdefault((run['size_gib'], run['fill'],
+                           '%s/%s' % (run['label'], run['state'])),
                           []).append(run)
-    sizes = sorted({r['size_gib'] for r in bench.runs} |
-                   {r['size_gib'] for r in bench.references})
-    for size in sizes:
+    disks = sorted({(r['size_gib'], r['fill']) for r in bench.runs} |
+                   {(r['size_gib'], r['fill']) for r in bench.references})
+    for size, fill in disks:
         for case in cases:
-            runs = by_key.get((size, case.key), [])
+            runs = by_key.get((size, fill, case.key), [])
             if not runs:
                 continue
             ok = [r for r in runs if r['verified']]
-            row = {'size_gib': size, 'label': case.label,
+            row = {'size_gib': size, 'fill': fill, 'label': case.label,
                    'state': case.state, 'runs': len(runs), 'ok': len(ok),
                    'errors': sorted({r['error'] for r in runs
                                      if r['error']})}
             if runs[0].get('not_applicable'):
                 row['not_applicable'] = runs[0]['not_applicable']
             for field in ('total_seconds', 'upload_seconds',
-                          'extract_seconds', 'downtime_sampled',
-                          'sample_interval',
+                          'extract_seconds', 'fixed_cost_seconds',
+                          'downtime_sampled', 'sample_interval',
                           'downtime_record', 'transient_seconds',
                           'peak_extra_bytes', 'uploaded_bytes'):
                 row[field] = _median([r.get(field) for r in ok])
+            row['fixed_cost_steps'] = _steps_median(ok)
             # NOTE: each managed save of a running or paused guest waits
             # for QEMU to be reaped (see Bench.qemu_exit_latency).
             exits = int(case.state != 'shutoff' and not case.live)
@@ -717,31 +1088,37 @@ def aggregate(bench, cases):
                     0.0, row['downtime_sampled'] -
                     exits * (bench.exit_latency or 0.0))
             fmt = ok[0]['image_format'] if ok else None
-            conv = ref_median.get((size, 'convert-%s' % fmt))
+            # The fastest bare convert to the same format.
+            conv = ref_median.get((size, fill, 'convert-%s' % fmt))
             row['image_format'] = fmt
             row['x_convert'] = (row['extract_seconds'] / conv
                                 if conv and row['extract_seconds'] is not None
                                 else None)
             rows.append(row)
-        for label in ('convert-raw', 'convert-qcow2', 'read-data'):
-            items = refs.get((size, label), [])
+        fastest = ref_median.get((size, fill, 'convert-%s' %
+                                  bench.args.image_format))
+        for label in REFERENCES:
+            items = refs.get((size, fill, label), [])
             if items:
+                seconds = ref_median[(size, fill, label)]
                 rows.append({
-                    'size_gib': size, 'label': label, 'state': '-',
-                    'runs': len(items),
+                    'size_gib': size, 'fill': fill, 'label': label,
+                    'state': '-', 'runs': len(items),
                     'ok': sum(1 for r in items if r['verified']),
-                    'total_seconds': ref_median[(size, label)],
-                    'extract_seconds': ref_median[(size, label)],
+                    'total_seconds': seconds, 'extract_seconds': seconds,
+                    'x_convert': (seconds / fastest
+                                  if fastest and seconds is not None
+                                  else None),
                     'uploaded_bytes': _median([r['bytes'] for r in items]),
                     'command': items[0]['command'], 'reference': True})
-    index = {(r['size_gib'], '%s/%s' % (r['label'], r['state'])): r
-             for r in rows}
+    index = {(r['size_gib'], r['fill'], '%s/%s' % (r['label'], r['state'])):
+             r for r in rows}
     for case in cases:
-        for size in sizes:
-            row = index.get((size, case.key))
+        for size, fill in disks:
+            row = index.get((size, fill, case.key))
             if row is None:
                 continue
-            stock = index.get((size, case.baseline))
+            stock = index.get((size, fill, case.baseline))
             row['baseline'] = case.baseline
             row['x_stock'] = (row['total_seconds'] / stock['total_seconds']
                               if stock and stock.get('total_seconds') and
@@ -758,26 +1135,32 @@ def _mib(value):
     return '-' if value is None else '%.0f' % (value / units.Mi)
 
 
+def _ms(seconds):
+    return '-' if seconds is None else '%.0f' % (seconds * 1000)
+
+
 def markdown(rows):
     lines = [
-        '| size GiB | mode | guest | ok/runs | total s | upload s | '
-        'total-upload s | x convert | x stock | downtime s (sampled) | '
-        'downtime s (record) | downtime s minus QEMU reap | transient s | '
-        'peak extra MiB | uploaded MiB |',
-        '|' + '---|' * 15,
+        '| size GiB | fill | mode | guest | ok/runs | total s | upload s | '
+        'total-upload s | x convert | x stock | fixed cost ms | '
+        'downtime s (sampled) | downtime s (record) | '
+        'downtime s minus QEMU reap | transient s | peak extra MiB | '
+        'uploaded MiB |',
+        '|' + '---|' * 17,
     ]
     for r in rows:
         if r.get('not_applicable'):
-            lines.append('| %g | %s | %s | n/a | %s |%s' % (
-                r['size_gib'], r['label'], r['state'],
-                r['not_applicable'].replace('|', '/'), ' |' * 10))
+            lines.append('| %g | %g | %s | %s | n/a | %s |%s' % (
+                r['size_gib'], r['fill'], r['label'], r['state'],
+                r['not_applicable'].replace('|', '/'), ' |' * 11))
             continue
         lines.append('| %s |' % ' | '.join([
-            '%g' % r['size_gib'], r['label'], r['state'],
+            '%g' % r['size_gib'], '%g' % r['fill'], r['label'], r['state'],
             '%d/%d' % (r['ok'], r['runs']),
             _f(r.get('total_seconds')), _f(r.get('upload_seconds')),
             _f(r.get('extract_seconds')), _f(r.get('x_convert')),
-            _f(r.get('x_stock')), _f(r.get('downtime_sampled'), '%.3f'),
+            _f(r.get('x_stock')), _ms(r.get('fixed_cost_seconds')),
+            _f(r.get('downtime_sampled'), '%.3f'),
             _f(r.get('downtime_record'), '%.3f'),
             _f(r.get('downtime_excl_exit'), '%.3f'),
             _f(r.get('transient_seconds'), '%.3f'),
@@ -786,8 +1169,61 @@ def markdown(rows):
     return '\n'.join(lines) + '\n'
 
 
+def markdown_references(rows):
+    """The bare commands behind the reference rows."""
+    seen = {}
+    for r in rows:
+        if r.get('reference'):
+            seen.setdefault(r['label'], r['command'])
+    lines = ['| reference | command |', '|---|---|']
+    lines += ['| %s | `%s` |' % (label, command)
+              for label, command in seen.items()]
+    return '\n'.join(lines) + '\n'
+
+
+def markdown_fixed_cost(rows, strategy):
+    """Where the fixed cost of ``strategy`` goes, per disk and guest.
+
+    One column per (size, fill, guest state); nested steps are indented
+    and included in the step above them. ``other``: the fixed cost outside
+    every traced step.
+    """
+    mine = [r for r in rows if r['label'] == strategy and
+            r.get('fixed_cost_steps')]
+    if not mine:
+        return None
+    order = []
+    for r in mine:
+        for step in r['fixed_cost_steps']:
+            key = (step['step'], step['depth'])
+            if key not in order:
+                order.append(key)
+    heads = ['%g GiB %g %s' % (r['size_gib'], r['fill'], r['state'])
+             for r in mine]
+    lines = ['| %s step (ms, median) | %s |' % (strategy, ' | '.join(heads)),
+             '|' + '---|' * (len(mine) + 1)]
+    for step, depth in order:
+        cells = []
+        for r in mine:
+            found = [s for s in r['fixed_cost_steps']
+                     if (s['step'], s['depth']) == (step, depth)]
+            cells.append('%.1f' % found[0]['ms'] if found else '-')
+        lines.append('| %s%s | %s |' % ('&nbsp;&nbsp;' * depth, step,
+                                        ' | '.join(cells)))
+    other = []
+    for r in mine:
+        traced = sum(s['ms'] for s in r['fixed_cost_steps']
+                     if s['depth'] == 0)
+        total = (r.get('fixed_cost_seconds') or 0) * 1000
+        other.append('%.1f' % (total - traced))
+    lines.append('| other (untraced) | %s |' % ' | '.join(other))
+    lines.append('| **fixed cost** | %s |' % ' | '.join(
+        _ms(r.get('fixed_cost_seconds')) for r in mine))
+    return '\n'.join(lines) + '\n'
+
+
 def chart(rows, path):
-    """Write a PNG of downtime and total time per case and size.
+    """Write a PNG of downtime and total time per case, size and fill.
 
     :returns: the path, or ``None`` when matplotlib is not installed.
     """
@@ -805,22 +1241,23 @@ def chart(rows, path):
         key = '%s\n%s' % (r['label'], r['state'])
         if key not in keys:
             keys.append(key)
-    sizes = sorted({r['size_gib'] for r in rows})
-    width = 0.8 / max(1, len(sizes))
+    disks = sorted({(r['size_gib'], r['fill']) for r in rows})
+    width = 0.8 / max(1, len(disks))
     panels = (('downtime_sampled', 'guest downtime, s\n(sampled)'),
               ('transient_seconds', 'domain transient, s'),
               ('total_seconds', 'snapshot() total, s'))
     fig, axes = pyplot.subplots(len(panels), 1,
                                 figsize=(max(8, len(keys) * 1.2), 10),
                                 sharex=True)
-    for i, size in enumerate(sizes):
+    for i, (size, fill) in enumerate(disks):
         value = {('%s\n%s' % (r['label'], r['state'])): r for r in rows
-                 if r['size_gib'] == size}
-        xs = [k + (i - (len(sizes) - 1) / 2) * width
+                 if (r['size_gib'], r['fill']) == (size, fill)}
+        xs = [k + (i - (len(disks) - 1) / 2) * width
               for k in range(len(keys))]
         for ax, (field, _title) in zip(axes, panels):
             ax.bar(xs, [(value[k].get(field) or 0) if k in value else 0
-                        for k in keys], width, label='%g GiB' % size)
+                        for k in keys], width,
+                   label='%g GiB, fill %g' % (size, fill))
     for ax, (_field, title) in zip(axes, panels):
         ax.set_ylabel(title)
         ax.grid(axis='y', alpha=0.3)
@@ -914,7 +1351,7 @@ class WriterBench(Bench):
             instance = make_instance(guest.uuid,
                                      {'hw_qemu_guest_agent': 'yes'})
             guest.wait_for_seq(self.args.writer_blocks, timeout=120)
-            self.prepare_cache()
+            self.prepare_cache([guest.workdir])
             sampler = Sampler(guest.uuid, guest.name, case.state, snapdir,
                               guest.workdir)
             sampler.start()
@@ -1154,7 +1591,7 @@ def writer_main(args, argv):
             'block_bytes': writer_guest.BLOCK_SIZE,
             'image_properties': {'hw_qemu_guest_agent': 'yes'},
             'image_format': args.image_format,
-            'cache': 'cold' if bench.cache_cold else 'warm',
+            'cache': bench.cache,
             'upload_dir': args.upload_dir,
             'sample_interval': SAMPLE_INTERVAL,
         },
@@ -1186,12 +1623,33 @@ def parse_args(argv):
         prog='python -m snapdriver.bench',
         description='Benchmark snapshot strategies against the stock Nova '
                     'libvirt driver on real throwaway domains.')
-    parser.add_argument('--sizes', default='1,2,4',
-                        help='virtual disk sizes in GiB, comma-separated')
-    parser.add_argument('--fill', type=float, default=0.25,
-                        help='fraction of the disk holding random data '
-                             '(half in the base, half in the overlay); '
-                             'at most 0.5')
+    parser.add_argument('--sizes', default='1,2,4,8',
+                        help='virtual disk sizes in GiB, comma-separated '
+                             '(fractions allowed; default %(default)s)')
+    parser.add_argument('--fill', default='0.25,0.75',
+                        help='fractions of the disk holding random data, '
+                             'comma-separated, each at most %g: half of '
+                             'the data is written in the raw _base image, '
+                             'half in the qcow2 overlay, part of it over '
+                             'the base\'s (default %%(default)s)'
+                             % real.DiskImages.MAX_FILL)
+    parser.add_argument('--cache-mode', default='nova',
+                        choices=('nova', 'default') + CACHE_MODES,
+                        help="the throwaway disks' libvirt cache mode: "
+                             "nova (default): the cache and io modes Nova's "
+                             "defaults give a file disk on this host's "
+                             "filesystem (cache none where O_DIRECT works, "
+                             "else writeback); default: none set, "
+                             "libvirt's default (the shape measured before "
+                             "this option); or a mode to set")
+    parser.add_argument('--disk-io', default='nova',
+                        choices=('nova', 'default') + IO_MODES,
+                        help="the throwaway disks' libvirt io mode: nova "
+                             "(default): what Nova's defaults give (none "
+                             "set, unless [DEFAULT] preallocate_images = "
+                             "space, then native); default: none set; or "
+                             "a mode to set (native needs cache none or "
+                             "directsync)")
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--strategies', default=None,
                         help='comma-separated strategies; default: every '
@@ -1203,9 +1661,14 @@ def parse_args(argv):
     parser.add_argument('--image-format', default='qcow2',
                         choices=('qcow2', 'raw'),
                         help='[libvirt] snapshot_image_format')
-    parser.add_argument('--cache', default='cold', choices=('cold', 'warm'),
-                        help='cold: sync and drop the page cache before '
-                             'each measured operation (default)')
+    parser.add_argument('--cache', default='cold',
+                        choices=('cold', 'cold-all', 'warm'),
+                        help='cold (default): write back and drop the '
+                             "disk's files from the page cache before each "
+                             'measured operation; cold-all: sync and drop '
+                             'the whole page cache (programs and libraries '
+                             'too, so every first qemu-img call loads its '
+                             'binary from disk); warm: leave it')
     parser.add_argument('--upload-dir', default=(
         '/dev/shm' if os.path.isdir('/dev/shm') else None),
         help='where the fake image service stores uploads (default '
@@ -1228,14 +1691,25 @@ def parse_args(argv):
                         help='blocks per second the writer writes '
                              '(default %(default)s)')
     args = parser.parse_args(argv)
-    args.size_list = [float(s) for s in args.sizes.split(',') if s.strip()]
+    try:
+        args.size_list = [float(s) for s in args.sizes.split(',')
+                          if s.strip()]
+        args.fill_list = [float(s) for s in args.fill.split(',')
+                          if s.strip()]
+    except ValueError as e:
+        parser.error('--sizes and --fill take comma-separated numbers: %s'
+                     % e)
+    if not args.size_list or min(args.size_list) <= 0:
+        parser.error('--sizes must list positive sizes')
     args.state_list = [s.strip() for s in args.states.split(',')
                        if s.strip()]
     bad = set(args.state_list) - set(STATES)
     if bad:
         parser.error('unknown states: %s' % ', '.join(sorted(bad)))
-    if not 0 < args.fill <= 0.5:
-        parser.error('--fill must be in (0, 0.5]')
+    if not args.fill_list or not all(
+            0 < f <= real.DiskImages.MAX_FILL for f in args.fill_list):
+        parser.error('--fill values must be in (0, %g]'
+                     % real.DiskImages.MAX_FILL)
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
     if args.writer_blocks < 1 or args.writer_rate < 1:
@@ -1290,7 +1764,7 @@ def main(argv=None):
     started = time.time()
     interrupted = False
     try:
-        bench.run(args.size_list, cases)
+        bench.run(args.size_list, args.fill_list, cases)
     except KeyboardInterrupt:
         interrupted = True
         print('interrupted; domains and files were removed, writing what '
@@ -1306,10 +1780,16 @@ def main(argv=None):
         'interrupted': interrupted,
         'host': facts,
         'settings': {
-            'sizes_gib': args.size_list, 'fill': args.fill,
+            'sizes_gib': args.size_list, 'fills': args.fill_list,
+            'cache_mode': args.cache_mode, 'disk_io_mode': args.disk_io,
+            'disk_cache': bench.disk_modes[0],
+            'disk_io': bench.disk_modes[1],
+            'layout': 'instances/_base/<sha1> (raw) + '
+                      'instances/<uuid>/disk (qcow2, backing format raw)',
+            'default_strategy': default_strategy(args.strategy_list),
             'repeat': args.repeat, 'strategies': args.strategy_list,
             'states': args.state_list, 'image_format': args.image_format,
-            'cache': 'cold' if bench.cache_cold else 'warm',
+            'cache': bench.cache,
             'upload_dir': args.upload_dir,
             'sample_interval': SAMPLE_INTERVAL,
         },
@@ -1321,15 +1801,33 @@ def main(argv=None):
     with open(os.path.join(args.output_dir, 'results.json'), 'w') as f:
         json.dump(result, f, indent=1, sort_keys=True)
     table = markdown(rows)
+    refs = markdown_references(rows)
+    breakdown = markdown_fixed_cost(
+        rows, result['settings']['default_strategy'])
     with open(os.path.join(args.output_dir, 'results.md'), 'w') as f:
         f.write(table)
+        f.write('\n' + refs)
+        if breakdown:
+            f.write('\n' + breakdown)
     print(table)
-    print('Downtime (sampled): time the domain was not in its starting '
-          'state, sampled every ~%d ms with dom.state() from a separate '
-          'libvirt connection; downtime (record): what snapdriver\'s '
-          'GuestStateRecord measured. Each QEMU exit (managed save) also '
-          'waits for PID 1 to reap the process: %s s here.'
-          % (SAMPLE_INTERVAL * 1000,
+    print(refs)
+    if breakdown:
+        print(breakdown)
+    print('Disks: cache=%s io=%s (--cache-mode %s --disk-io %s). '
+          'x convert: '
+          'total-upload over the fastest bare convert to the same format '
+          '(convert-<format>). Fixed cost: from the snapshot() call to the '
+          'start of the copy (backup or block copy job begun, conversion '
+          'of the capture launched; after the managed save for a cold '
+          'snapshot of a running guest). Downtime (sampled): time the '
+          'domain was not in its starting state, sampled every ~%d ms with '
+          'dom.state() from a separate libvirt connection; downtime '
+          '(record): what snapdriver\'s GuestStateRecord measured. Each '
+          'QEMU exit (managed save) also waits for PID 1 to reap the '
+          'process: %s s here.'
+          % (bench.disk_modes[0] or 'default',
+             bench.disk_modes[1] or 'default', args.cache_mode,
+             args.disk_io, SAMPLE_INTERVAL * 1000,
              _f(result['qemu_exit_seconds'])))
     if not args.no_chart:
         png = chart(rows, os.path.join(args.output_dir, 'results.png'))

@@ -59,6 +59,10 @@ class SnapshotRun(object):
         self.quiesce = {}
         self.point_in_time = None
         self.started = time.monotonic()
+        #: ``time.monotonic()`` when the strategy's copy of the data began
+        #: (the job started, the conversion launched): what comes before
+        #: is the snapshot's fixed cost.
+        self.copy_started = None
         self.finished = None
         self.output_bytes = None
         self._progress = progress
@@ -71,6 +75,12 @@ class SnapshotRun(object):
         finally:
             self.timings[name] = (self.timings.get(name, 0.0) +
                                   time.monotonic() - t0)
+
+    def copy_begins(self):
+        """Note that the copy of the data starts now; the first call counts.
+        """
+        if self.copy_started is None:
+            self.copy_started = time.monotonic()
 
     def progress(self, phase, current, end):
         if self._progress is not None:

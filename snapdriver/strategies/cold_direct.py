@@ -36,6 +36,7 @@ class ColdDirectExtract(base.SnapshotStrategy):
 
     def capture(self, request, out_path, run):
         with run.phase('convert'):
+            run.copy_begins()
             qemu_img.convert(request.disk_path, request.source_format,
                              out_path, request.image_format,
                              compress=request.compress)

@@ -77,6 +77,7 @@ class ColdInternal(base.SnapshotStrategy):
             qemu_img.snapshot_create(request.disk_path, name, 'qcow2')
         try:
             with run.phase('extract'):
+                run.copy_begins()
                 qemu_img.convert(request.disk_path, 'qcow2', out_path,
                                  request.image_format, snapshot_name=name,
                                  compress=request.compress)

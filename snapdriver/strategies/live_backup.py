@@ -533,6 +533,7 @@ class LiveBackup(base.SnapshotStrategy):
                     raise exception.BlockJobFailed(
                         job='backup', disk=request.disk_path, reason=str(e))
                 run.point_in_time = time.time()
+                run.copy_begins()
             LOG.info('Backup job of %(disk)s started: the image holds the '
                      'disk as of %(when)s', {'disk': request.disk_path,
                                              'when': _utc(run.point_in_time)},

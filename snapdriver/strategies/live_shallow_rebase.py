@@ -216,6 +216,7 @@ class LiveShallowRebase(base.SnapshotStrategy):
                     raise exception.BlockJobFailed(
                         job='copy', disk=request.disk_path, reason=str(e))
                 started = True
+                run.copy_begins()
                 wait_ready(request, dev, run)
             # NOTE: the freeze is applied once the mirror is in sync, so it
             # lasts only as long as the job abort; ending the job without

@@ -26,6 +26,7 @@ probed.
 """
 
 import collections
+import hashlib
 import json
 import os
 import random
@@ -75,7 +76,7 @@ _DOMAIN_XML = """<domain type='%(type)s'>
   <on_crash>destroy</on_crash>
   <devices>
     <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2'/>
+      <driver name='qemu' type='qcow2'%(driver_modes)s/>
       <source file=%(disk)s/>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -86,8 +87,52 @@ _DOMAIN_XML = """<domain type='%(type)s'>
 </domain>
 """
 
-#: One write of known data into one layer of a :class:`DiskImages` chain.
-Extent = collections.namedtuple('Extent', ['layer', 'offset', 'data'])
+#: Random bytes generated at a time, so large disks never sit in memory.
+_CHUNK = 16 * units.Mi
+
+
+class Extent(collections.namedtuple('Extent',
+                                    ['layer', 'offset', 'length', 'seed'])):
+    """One write of known data into one layer of a :class:`DiskImages`.
+
+    The data is not kept: it is generated again from ``seed``, chunk by
+    chunk, whenever it is needed, so a disk of several GiB can be built
+    and checked without holding its data in memory.
+    """
+
+    def chunks(self, start=0, end=None):
+        """Yield ``(offset in the extent, bytes)`` covering start:end."""
+        end = self.length if end is None else min(end, self.length)
+        rng = random.Random(self.seed)
+        pos = 0
+        while pos < end:
+            size = min(_CHUNK, self.length - pos)
+            data = rng.randbytes(size)
+            if pos + size > start:
+                lo = max(start - pos, 0)
+                hi = min(end - pos, size)
+                yield pos + lo, data[lo:hi]
+            pos += size
+
+    @property
+    def data(self):
+        return b''.join(chunk for _pos, chunk in self.chunks())
+
+
+def nova_disk_paths(instances_dir, instance_uuid, image_id):
+    """Paths of an instance's disk as Nova's file backends lay it out.
+
+    :param instances_dir: Nova's ``[DEFAULT] instances_path``.
+    :param instance_uuid: The instance.
+    :param image_id: The image the instance booted; its cached copy in
+        ``_base`` is named after the SHA-1 of the id, as Nova's
+        ``nova.virt.libvirt.imagecache.get_cache_fname`` does.
+    :returns: ``(base path, disk path)``: ``_base/<sha1>`` (raw) and
+        ``<uuid>/disk`` (the qcow2 overlay backed by it).
+    """
+    name = hashlib.sha1(image_id.encode()).hexdigest()
+    return (os.path.join(instances_dir, '_base', name),
+            os.path.join(instances_dir, instance_uuid, 'disk'))
 
 
 def _execute(*cmd, **kwargs):
@@ -288,6 +333,9 @@ class DiskImages(fixtures.Fixture):
     ``quarter / 4`` bytes stay zero, so the BIOS of a guest booting from
     the disk never finds a boot signature and never runs random code.
 
+    The data is generated and written in chunks, never held whole in
+    memory, so disks of several GiB can be built.
+
     :ivar workdir: The private directory holding everything.
     :ivar base_path: The raw base image.
     :ivar overlay_path: The qcow2 overlay (backing format raw).
@@ -295,33 +343,58 @@ class DiskImages(fixtures.Fixture):
         compare snapshots against with :func:`images_equal`.
     :ivar virtual_size: Size of every image in bytes.
     :ivar extents: The :class:`Extent` written, in order.
+    :ivar instances_dir: With ``nova_layout``, the instances directory
+        (``workdir/instances``), else ``None``.
+    :ivar instance_uuid: With ``nova_layout``, the instance the disk
+        belongs to, else ``None``.
     """
 
+    #: The largest ``data_size / virtual_size`` the layout can hold: the
+    #: overlay extent of an odd quarter then ends at the quarter's end.
+    MAX_FILL = 0.75
+
     def __init__(self, virtual_size=64 * units.Mi, data_size=4 * units.Mi,
-                 parent_dir=None, seed=None):
+                 parent_dir=None, seed=None, nova_layout=False,
+                 instance_uuid=None, image_id=None):
         """Describe the images to make.
 
         :param virtual_size: Disk size in bytes, a multiple of 1 MiB.
         :param data_size: Random bytes to write in all, half in the base and
-            half in the overlay; at least 32 KiB and at most half of
-            ``virtual_size``.
+            half in the overlay; at least 32 KiB and at most
+            :data:`MAX_FILL` of ``virtual_size``.
         :param parent_dir: Where to create the private work directory; by
             default :data:`DEFAULT_IMAGES_PARENT` when writable, else the
             system temporary directory. The QEMU user must be able to
             traverse it.
         :param seed: Seed of the random data, for reproducible content.
+        :param nova_layout: Lay the images out as Nova's file backends do
+            (:func:`nova_disk_paths`): ``workdir/instances/_base/<sha1>``
+            and ``workdir/instances/<uuid>/disk``, instead of
+            ``base.raw`` and ``overlay.qcow2`` in the work directory.
+        :param instance_uuid: With ``nova_layout``, the instance's UUID;
+            random by default.
+        :param image_id: With ``nova_layout``, the id of the image the
+            base caches; random by default.
         """
         super().__init__()
         if virtual_size <= 0 or virtual_size % units.Mi:
             raise ValueError('virtual_size must be a positive multiple of '
                              '1 MiB, not %r' % virtual_size)
-        if not 32 * units.Ki <= data_size <= virtual_size // 2:
-            raise ValueError('data_size must be between 32 KiB and half '
-                             'of virtual_size, not %r' % data_size)
+        if not 32 * units.Ki <= data_size <= virtual_size * self.MAX_FILL:
+            raise ValueError('data_size must be between 32 KiB and %g of '
+                             'virtual_size, not %r' % (self.MAX_FILL,
+                                                       data_size))
         self.virtual_size = virtual_size
         self.data_size = data_size
         self.parent_dir = parent_dir
         self.seed = seed
+        self.nova_layout = nova_layout
+        self.instance_uuid = (
+            (instance_uuid or uuidutils.generate_uuid()).lower()
+            if nova_layout else None)
+        self.image_id = ((image_id or uuidutils.generate_uuid())
+                         if nova_layout else None)
+        self.instances_dir = None
 
     def _setUp(self):
         parent = self.parent_dir
@@ -345,8 +418,16 @@ class DiskImages(fixtures.Fixture):
         # else can list or write the directory, and its name is random.
         os.chmod(self.workdir, 0o711)
 
-        self.base_path = os.path.join(self.workdir, 'base.raw')
-        self.overlay_path = os.path.join(self.workdir, 'overlay.qcow2')
+        if self.nova_layout:
+            self.instances_dir = os.path.join(self.workdir, 'instances')
+            self.base_path, self.overlay_path = nova_disk_paths(
+                self.instances_dir, self.instance_uuid, self.image_id)
+            for path in (self.base_path, self.overlay_path):
+                os.makedirs(os.path.dirname(path), mode=0o711,
+                            exist_ok=True)
+        else:
+            self.base_path = os.path.join(self.workdir, 'base.raw')
+            self.overlay_path = os.path.join(self.workdir, 'overlay.qcow2')
         self.reference_path = os.path.join(self.workdir, 'reference.raw')
         self.extents = self._layout(random.Random(self.seed))
 
@@ -356,7 +437,8 @@ class DiskImages(fixtures.Fixture):
             f.truncate(self.virtual_size)
             for extent in self.extents:
                 if extent.layer == 'base':
-                    os.pwrite(f.fileno(), extent.data, extent.offset)
+                    for pos, data in extent.chunks():
+                        os.pwrite(f.fileno(), data, extent.offset + pos)
 
         # NOTE: The backing format is always explicit (-F): QEMU 6.1
         # refuses to create an overlay whose backing format would be probed.
@@ -365,7 +447,9 @@ class DiskImages(fixtures.Fixture):
                  str(self.virtual_size))
         self._write_overlay()
         _execute('qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw',
-                 self.overlay_path, self.reference_path)
+                 self.overlay_path, self.reference_path,
+                 timeout=max(_CMD_TIMEOUT, self.virtual_size // units.Gi *
+                             _CMD_TIMEOUT))
 
     def _layout(self, rng):
         quarter = self.virtual_size // 4
@@ -373,37 +457,45 @@ class DiskImages(fixtures.Fixture):
         extents = []
         for k in range(4):
             base_offset = k * quarter + quarter // 4
-            extents.append(Extent('base', base_offset, rng.randbytes(size)))
+            extents.append(Extent('base', base_offset, size,
+                                  rng.getrandbits(64)))
             if k % 2 == 0:
                 # Overwrite the second half of the base extent, and more.
                 offset = base_offset + size // 2
             else:
                 offset = k * quarter + quarter * 5 // 8
-            extents.append(Extent('overlay', offset, rng.randbytes(size)))
+            extents.append(Extent('overlay', offset, size,
+                                  rng.getrandbits(64)))
         return extents
 
     def _write_overlay(self):
-        # One qemu-io run writes every extent, each from its own file:
-        # 'write -s FILE' fills the buffer from the start of FILE. qemu-io
-        # splits a command on blanks, so the files are named relative to
-        # the work directory, whatever its path holds.
-        cmd = ['qemu-io', '-f', 'qcow2']
-        sources = []
-        try:
-            for i, extent in enumerate(self.extents):
-                if extent.layer != 'overlay':
-                    continue
-                source = 'extent-%d.bin' % i
-                with open(os.path.join(self.workdir, source), 'wb') as f:
-                    f.write(extent.data)
-                sources.append(source)
-                cmd += ['-c', 'write -q -s %s %d %d'
-                        % (source, extent.offset, len(extent.data))]
-            cmd.append(self.overlay_path)
-            _execute(*cmd, cwd=self.workdir)
-        finally:
-            for source in sources:
-                os.unlink(os.path.join(self.workdir, source))
+        # qemu-io runs write every extent, each chunk from its own file:
+        # 'write -s FILE' fills the buffer from the start of FILE (and
+        # holds it all in memory, hence the chunks). qemu-io splits a
+        # command on blanks, so the files are named relative to the work
+        # directory, whatever its path holds. One run per extent bounds
+        # the space the chunk files take.
+        for i, extent in enumerate(self.extents):
+            if extent.layer != 'overlay':
+                continue
+            cmd = ['qemu-io', '-f', 'qcow2']
+            sources = []
+            try:
+                for pos, data in extent.chunks():
+                    source = 'extent-%d-%d.bin' % (i, pos)
+                    with open(os.path.join(self.workdir, source), 'wb') as f:
+                        f.write(data)
+                    sources.append(source)
+                    cmd += ['-c', 'write -q -s %s %d %d'
+                            % (source, extent.offset + pos, len(data))]
+                cmd.append(self.overlay_path)
+                _execute(*cmd, cwd=self.workdir,
+                         timeout=max(_CMD_TIMEOUT,
+                                     extent.length // units.Gi *
+                                     _CMD_TIMEOUT))
+            finally:
+                for source in sources:
+                    os.unlink(os.path.join(self.workdir, source))
 
     def expected_bytes(self, offset, length):
         """Compute what the overlay must read back in a byte range.
@@ -417,10 +509,13 @@ class DiskImages(fixtures.Fixture):
         # replaying the list in order gives the overlay's view.
         for extent in self.extents:
             start = max(offset, extent.offset)
-            end = min(offset + length, extent.offset + len(extent.data))
-            if start < end:
-                buf[start - offset:end - offset] = (
-                    extent.data[start - extent.offset:end - extent.offset])
+            end = min(offset + length, extent.offset + extent.length)
+            if start >= end:
+                continue
+            for pos, data in extent.chunks(start - extent.offset,
+                                           end - extent.offset):
+                at = extent.offset + pos - offset
+                buf[at:at + len(data)] = data
         return bytes(buf)
 
 
@@ -429,7 +524,8 @@ class RealDomain(fixtures.Fixture):
 
     The domain has 1 vCPU, 128 MiB of RAM, no network and no graphics, a
     serial console on a pty, and one virtio disk ``vda``: the qcow2 overlay
-    of a :class:`DiskImages`. It boots nothing: the blank first sector keeps
+    of a :class:`DiskImages`, with libvirt's default cache and I/O modes
+    unless told otherwise. It boots nothing: the blank first sector keeps
     it in the BIOS, which is all snapshot code needs.
 
     :ivar conn: The ``virConnect`` (closed at cleanup).
@@ -454,7 +550,8 @@ class RealDomain(fixtures.Fixture):
         }
 
     def __init__(self, images=None, uuid=None, name=None,
-                 start_state='running', uri=LIBVIRT_URI, memory_mib=128):
+                 start_state='running', uri=LIBVIRT_URI, memory_mib=128,
+                 disk_cache=None, disk_io=None):
         """Describe the domain.
 
         :param images: A :class:`DiskImages` already set up; by default the
@@ -466,6 +563,11 @@ class RealDomain(fixtures.Fixture):
             ``shutoff`` (defined only).
         :param uri: The libvirt connection URI.
         :param memory_mib: Guest RAM in MiB.
+        :param disk_cache: The disk's ``<driver cache=...>`` (``none``,
+            ``writeback``...); ``None`` leaves it to libvirt (QEMU's
+            default, writeback).
+        :param disk_io: The disk's ``<driver io=...>`` (``native``,
+            ``threads``, ``io_uring``); ``None`` leaves it to libvirt.
         """
         super().__init__()
         if start_state not in START_STATES:
@@ -479,6 +581,8 @@ class RealDomain(fixtures.Fixture):
         self.start_state = start_state
         self.uri = uri
         self.memory_mib = memory_mib
+        self.disk_cache = disk_cache
+        self.disk_io = disk_io
         self.conn = None
         self.dom = None
 
@@ -516,7 +620,12 @@ class RealDomain(fixtures.Fixture):
                     'redefine it' % (dom.name(), dom.UUIDString(), self.uri))
 
     def _xml(self):
+        modes = ''.join(' %s=%s' % (name, saxutils.quoteattr(value))
+                        for name, value in (('cache', self.disk_cache),
+                                            ('io', self.disk_io))
+                        if value)
         return _DOMAIN_XML % {
+            'driver_modes': modes,
             'type': 'kvm' if kvm_usable() else 'qemu',
             'name': saxutils.escape(self.name),
             'uuid': self.uuid,

@@ -10,8 +10,9 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Smoke tests of ``python -m snapdriver.bench``: on a tiny disk, and one
-live snapshot of the writer guest (``--writer``).
+"""Smoke tests of ``python -m snapdriver.bench``: on a tiny Nova-shaped
+disk at two fills, once with libvirt's default cache mode, and one live
+snapshot of the writer guest (``--writer``).
 
 The benchmark runs in its own process (it sets Nova's global options and
 signal handlers); only the shape of its JSON and the content checks are
@@ -22,9 +23,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import fixtures
 import libvirt
+from nova.privsep import utils as privsep_utils
 from oslotest import base
 
 from snapdriver import bench
@@ -54,7 +57,6 @@ class BenchSmokeTestCase(base.BaseTestCase):
             conn.close()
 
     def test_tiny_run_verifies_every_case(self):
-        before = self._domains()
         cmd = [sys.executable, '-m', 'snapdriver.bench',
                '--sizes', '0.0625', '--fill', '0.25', '--repeat', '1',
                '--output-dir', self.out, '--no-chart']
@@ -82,14 +84,99 @@ class BenchSmokeTestCase(base.BaseTestCase):
         rows = [r for r in result['rows'] if not r.get('reference')]
         self.assertTrue(all(r['ok'] == r['runs'] for r in rows
                             if not r.get('not_applicable')))
-        refs = {r['label'] for r in result['rows'] if r.get('reference')}
-        self.assertEqual({'convert-raw', 'convert-qcow2', 'read-data'},
-                         refs)
+        refs = [r for r in result['rows'] if r.get('reference')]
+        self.assertEqual({'convert-raw', 'convert-qcow2', 'convert-nova',
+                          'read-data'}, {r['label'] for r in refs})
+        self.assertTrue(all(r['ok'] == r['runs'] for r in refs))
+        commands = {r['label']: r['command'] for r in refs}
+        self.assertIn('-t writeback -W', commands['convert-qcow2'])
+        # Nova's own conversion, -t none where O_DIRECT works.
+        self.assertIn('-t %s -O qcow2' % self.direct_io_mode(),
+                      commands['convert-nova'])
+        # Nova-shaped disks: the cache mode Nova's defaults give here.
+        self.assertEqual('nova', result['settings']['cache_mode'])
+        self.assertEqual(self.direct_io_mode(),
+                         result['settings']['disk_cache'])
+        for run in applicable:
+            self.assertEqual(self.direct_io_mode(), run['disk_cache'])
+            # The copy starts after the call and before the end.
+            self.assertGreater(run['fixed_cost_seconds'], 0, run)
+            self.assertLess(run['fixed_cost_seconds'],
+                            run['total_seconds'], run)
+        # The default strategy's fixed cost, step by step: its qemu-img
+        # calls and its job start among them, within the fixed cost.
+        self.assertEqual('live-backup',
+                         result['settings']['default_strategy'])
+        for run in applicable:
+            if run['label'] != 'live-backup':
+                continue
+            steps = {s['step'] for s in run['fixed_cost_steps']}
+            self.assertIn('qemu-img info', steps)
+            self.assertIn('virDomainBackupBegin', steps)
+            top = sum(s['ms'] for s in run['fixed_cost_steps']
+                      if s['depth'] == 0)
+            self.assertLessEqual(top, run['fixed_cost_seconds'] * 1000)
+
         with open(os.path.join(self.out, 'results.md')) as f:
-            self.assertIn('| stock-live | running |', f.read())
-        # Every throwaway domain is gone. Only new names count: libvirtd is
-        # shared, and another run's domains may come and go meanwhile.
-        self.assertEqual(set(), self._domains() - before)
+            table = f.read()
+        self.assertIn('| 0.0625 | 0.25 | stock-live | running |', table)
+        self.assertIn('fixed cost ms', table)
+        self.assertIn('| live-backup step (ms, median) |', table)
+        # Every throwaway domain is gone. Only this run's count: libvirtd
+        # is shared, and another run's domains may come and go meanwhile.
+        mine = {r['domain'] for r in runs}
+        self.assertEqual(len(runs), len(mine))
+        self.assertEqual(set(), self._domains() & mine)
+
+    def direct_io_mode(self):
+        """The cache mode Nova picks for the benchmark's directory."""
+        parent = (real.DEFAULT_IMAGES_PARENT
+                  if os.access(real.DEFAULT_IMAGES_PARENT, os.W_OK)
+                  else tempfile.gettempdir())
+        probe = self.useFixture(fixtures.TempDir(rootdir=parent)).path
+        return ('none' if privsep_utils.supports_direct_io(probe)
+                else 'writeback')
+
+    def test_two_fills_in_the_old_shape(self):
+        cmd = [sys.executable, '-m', 'snapdriver.bench',
+               '--sizes', '0.0625', '--fill', '0.25,0.75', '--repeat', '1',
+               '--strategies', 'live-backup', '--no-stock',
+               '--states', 'running', '--cache-mode', 'default',
+               '--output-dir', self.out, '--no-chart']
+        proc = subprocess.run(cmd, capture_output=True, text=True,
+                              timeout=600)
+        self.assertEqual(0, proc.returncode, proc.stderr[-4000:])
+
+        with open(os.path.join(self.out, 'results.json')) as f:
+            result = json.load(f)
+        # --cache-mode default: libvirt's, as before Nova-shaped disks.
+        self.assertIsNone(result['settings']['disk_cache'])
+        runs = result['runs']
+        self.assertEqual([0.25, 0.75], [r['fill'] for r in runs])
+        for run in runs:
+            self.assertTrue(run['verified'], run)
+            self.assertIsNone(run['disk_cache'])
+        # The more data, the more uploaded.
+        self.assertGreater(runs[1]['uploaded_bytes'],
+                           runs[0]['uploaded_bytes'])
+        self.assertEqual([0.25, 0.75], result['settings']['fills'])
+        for fill in (0.25, 0.75):
+            rows = {r['label']: r for r in result['rows']
+                    if r['fill'] == fill}
+            self.assertEqual({'live-backup', 'convert-raw', 'convert-qcow2',
+                              'convert-nova', 'read-data'}, set(rows))
+            self.assertEqual(1.0, rows['convert-qcow2']['x_convert'])
+        with open(os.path.join(self.out, 'results.md')) as f:
+            self.assertIn('| 0.0625 | 0.75 | live-backup | running |',
+                          f.read())
+
+    def test_bad_fill_is_refused(self):
+        proc = subprocess.run(
+            [sys.executable, '-m', 'snapdriver.bench', '--fill', '0.25,0.8',
+             '--output-dir', self.out], capture_output=True, text=True,
+            timeout=120)
+        self.assertEqual(2, proc.returncode)
+        self.assertIn('--fill values must be in (0, 0.75]', proc.stderr)
 
     def test_writer_mode_one_live_run(self):
         reason = writer_guest.guest_unavailable_reason()

@@ -12,8 +12,10 @@
 
 """Prove the real-host fixtures on ``qemu:///system``."""
 
+import json
 import os
 import struct
+from xml.etree import ElementTree
 
 import fixtures
 from oslo_concurrency import processutils
@@ -172,6 +174,51 @@ class DiskImagesTestCase(base.BaseTestCase):
         self.assertEqual(0o711, os.stat(self.images.workdir).st_mode & 0o777)
 
 
+class NovaLayoutTestCase(base.BaseTestCase):
+    """DiskImages laid out as Nova's file backends do, filled to the most."""
+
+    def setUp(self):
+        super().setUp()
+        reason = func_fixtures.libvirt_unavailable_reason()
+        if reason:
+            self.skipTest(reason)
+        self.images = self.useFixture(func_fixtures.DiskImages(
+            virtual_size=64 * units.Mi,
+            data_size=int(64 * units.Mi * func_fixtures.DiskImages.MAX_FILL),
+            seed=7, nova_layout=True))
+
+    def test_base_in_underscore_base_and_disk_in_instance_dir(self):
+        base_path, disk_path = func_fixtures.nova_disk_paths(
+            self.images.instances_dir, self.images.instance_uuid,
+            self.images.image_id)
+        self.assertEqual((base_path, disk_path),
+                         (self.images.base_path, self.images.overlay_path))
+        self.assertEqual(os.path.join(self.images.instances_dir, '_base'),
+                         os.path.dirname(base_path))
+        self.assertEqual('disk', os.path.basename(disk_path))
+        out, _err = processutils.execute(
+            'qemu-img', 'info', '-f', 'qcow2', '--output=json', disk_path)
+        info = json.loads(out)
+        self.assertEqual(base_path, info['backing-filename'])
+        self.assertEqual('raw', info['backing-filename-format'])
+
+    def test_full_layout_reads_back(self):
+        with open(self.images.reference_path, 'rb') as f:
+            reference = f.read()
+        self.assertEqual(
+            self.images.expected_bytes(0, self.images.virtual_size),
+            reference)
+        # Data in both layers: the base alone is not the disk.
+        self.assertFalse(func_fixtures.images_equal(
+            self.images.base_path, 'raw', self.images.reference_path,
+            'raw'))
+
+    def test_more_than_the_layout_holds_is_refused(self):
+        self.assertRaises(ValueError, func_fixtures.DiskImages,
+                          virtual_size=64 * units.Mi,
+                          data_size=48 * units.Mi + units.Mi)
+
+
 class RealDomainTestCase(base.BaseTestCase):
 
     def setUp(self):
@@ -198,6 +245,23 @@ class RealDomainTestCase(base.BaseTestCase):
 
         self.assertEqual('paused', domain.state())
         self.assertTrue(domain.is_persistent())
+
+    def test_disk_cache_and_io_modes_reach_qemu(self):
+        domain = self.useFixture(func_fixtures.RealDomain(
+            images=self.images, disk_cache='none', disk_io='native'))
+
+        driver = ElementTree.fromstring(domain.dom.XMLDesc(0)).find(
+            './devices/disk/driver')
+        self.assertEqual(('none', 'native'),
+                         (driver.get('cache'), driver.get('io')))
+
+    def test_default_disk_modes_are_libvirts(self):
+        domain = self._domain('shutoff')
+
+        driver = ElementTree.fromstring(domain.dom.XMLDesc(0)).find(
+            './devices/disk/driver')
+        self.assertIsNone(driver.get('cache'))
+        self.assertIsNone(driver.get('io'))
 
     def test_shutoff_start_state_only_defines(self):
         domain = self._domain('shutoff')

@@ -201,3 +201,19 @@ class StoppedGuestTestCase(base.BaseTestCase):
             libvirt.libvirtError, self._capture,
             libvirt.VIR_ERR_SYSTEM_ERROR, 'Unable to read from monitor')
         self.assertNotIsInstance(e, exception.GuestStoppedDuringSnapshot)
+
+
+class CopyStartedTestCase(base.BaseTestCase):
+    """The moment the copy begins: what comes before is the fixed cost."""
+
+    def test_unset_until_the_copy_begins(self):
+        run = runner.SnapshotRun(mock.sentinel.request, mock.Mock())
+        self.assertIsNone(run.copy_started)
+
+    @mock.patch.object(runner.time, 'monotonic', side_effect=[10.0, 12.5,
+                                                              14.0])
+    def test_first_call_counts(self, monotonic):
+        run = runner.SnapshotRun(mock.sentinel.request, mock.Mock())
+        run.copy_begins()
+        run.copy_begins()
+        self.assertEqual(12.5, run.copy_started)

@@ -12,6 +12,8 @@
 
 """Which strategy applies to which snapshot, and why not."""
 
+from unittest import mock
+
 import fixtures
 from nova.compute import power_state
 from oslo_config import fixture as config_fixture
@@ -19,6 +21,7 @@ from oslo_utils import units
 from oslotest import base
 
 from snapdriver import conf
+from snapdriver import runner
 from snapdriver.strategies import cold_direct
 from snapdriver.strategies import cold_internal
 from snapdriver.strategies import live_shallow_rebase
@@ -190,3 +193,35 @@ class LiveFlattenChoiceTestCase(base.BaseTestCase):
         for req in (fakes.replace(self.request, image_format='raw'),
                     fakes.replace(self.request, compress=True)):
             self.assertEqual('convert', self.live._flatten_mode(req, '/w/d'))
+
+
+class CopyStartedTestCase(base.BaseTestCase):
+    """Each cold strategy notes the copy start as its conversion begins."""
+
+    def setUp(self):
+        super().setUp()
+        self.request = fakes.make_request()
+        self.run = runner.SnapshotRun(self.request, mock.Mock())
+        self.seen = []
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.convert',
+            side_effect=lambda *a, **k: self.seen.append(
+                self.run.copy_started)))
+
+    def test_cold_direct_extract(self):
+        cold_direct.ColdDirectExtract().capture(self.request, '/out',
+                                                self.run)
+        [started] = self.seen
+        self.assertIsNotNone(started)
+
+    @mock.patch('snapdriver.qemu_img.snapshot_delete')
+    @mock.patch('snapdriver.qemu_img.snapshot_create')
+    @mock.patch('snapdriver.qemu_img.snapshot_list', return_value=[])
+    def test_cold_internal_after_the_internal_snapshot(self, snapshot_list,
+                                                       create, delete):
+        create.side_effect = lambda *a, **k: self.seen.append(
+            ('create', self.run.copy_started))
+        cold_internal.ColdInternal().capture(self.request, '/out',
+                                             self.run)
+        self.assertEqual(('create', None), self.seen[0])
+        self.assertIsNotNone(self.seen[1])
