@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import fixtures
 from oslo_concurrency import processutils
@@ -94,6 +95,40 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertEqual('C', env['LANG'])
         self.assertEqual('kept', env['SNAPDRIVER_TEST_MARKER'])
         self.assertTrue(env['PATH'].startswith(bindir + os.pathsep))
+
+    def _limits_seen(self, call):
+        """Run ``call`` with a qemu-img that records its limits first."""
+        seen = self._path('limits.seen')
+        self._fake_qemu_img('(ulimit -v; ulimit -t) > %s; exec %s "$@"'
+                            % (seen, shutil.which('qemu-img')))
+        call()
+        with open(seen) as f:
+            return f.read().split()
+
+    def test_header_commands_run_under_novas_limits(self):
+        # Nova's QEMU_IMG_LIMITS: 1 GiB of address space, 30 s of CPU,
+        # set in the child itself (no Python prlimit wrapper in between:
+        # the recorded limits are those of qemu-img's own process).
+        want = [str(units.Gi // units.Ki), '30']
+        self.assertEqual(want, self._limits_seen(
+            lambda: qemu_img.info(self.overlay, 'qcow2')))
+        self.assertEqual(want, self._limits_seen(
+            lambda: qemu_img.measure(self.overlay, 'qcow2', 'qcow2')))
+        self.assertEqual(want, self._limits_seen(
+            lambda: qemu_img.check(self.overlay, 'qcow2')))
+
+    def test_copy_commands_run_without_limits(self):
+        out = self._path('out.qcow2')
+        self.assertEqual(['unlimited', 'unlimited'], self._limits_seen(
+            lambda: qemu_img.convert(self.overlay, 'qcow2', out, 'qcow2')))
+
+    def test_limits_do_not_go_through_a_python_wrapper(self):
+        with mock.patch.object(qemu_img.processutils, 'execute',
+                               return_value=('{}', '')) as execute:
+            qemu_img._run('info', 'p', ['info'],
+                          prlimit=qemu_img.QEMU_IMG_LIMITS)
+        self.assertIsNone(execute.call_args.kwargs.get('prlimit'))
+        self.assertNotIn('oslo_concurrency.prlimit', execute.call_args.args)
 
     def _convert_cache_mode(self, mode=None):
         """Convert with ``[snapdriver] convert_cache_mode = mode``; return
