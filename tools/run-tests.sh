@@ -2,15 +2,16 @@
 # The project's test command (README "Run the tests"; .ci/run calls it).
 #
 # On a fresh Debian/Ubuntu machine it installs tox when missing, then runs
-# pep8, the unit tests and the functional tests; the functional tox
-# environment installs and starts the host parts itself
-# (tools/setup-host.sh). Extra arguments replace the list of tox envs.
+# pep8, the unit tests, the functional tests and the scenario tests on the
+# Nova box; the functional and box-scenario tox environments install and
+# start the host parts themselves (tools/setup-host.sh, --profile box for
+# RabbitMQ and MariaDB). Extra arguments replace the list of tox envs.
 set -eu
 cd "$(dirname "$0")/.."
 
 bash tools/ensure-host-and-tox.sh
 
-envs="${*:-pep8,py3,functional}"
+envs="${*:-pep8,py3,functional,box-scenario}"
 rm -f .stestr-summary
 rc=0
 python3 -m tox -e "$envs" || rc=$?
