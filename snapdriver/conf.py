@@ -196,6 +196,39 @@ Related options:
 * ``[libvirt] snapshots_directory``
 * ``[compute] max_concurrent_disk_ops`` (Nova's limit, held for every copy)
 """),
+    cfg.StrOpt(
+        'live_backup_mode',
+        default='pull',
+        choices=[
+            ('pull', 'a pull-mode backup job exports the disk as it was at '
+                     'the job start over NBD, on a unix socket in the '
+                     'snapshot\'s work directory, and qemu-img reads it '
+                     'straight into the image in the requested format; '
+                     'QEMU only writes, into a scratch file, the old data '
+                     'of the blocks the guest rewrites during the copy'),
+            ('push', 'a push-mode backup job has QEMU write the copy into '
+                     'a qcow2 target; a raw or compressed image then takes '
+                     'a second conversion'),
+        ],
+        help="""
+How the ``live-backup`` strategy copies the running disk.
+
+Both modes give the same image: the disk as it was when the backup job
+started, with the guest running throughout and the domain definition never
+changed. ``pull`` was faster on every disk measured (see the strategies
+documentation). ``pull`` needs the snapshot's process to connect to a socket
+QEMU creates: root, or a member of the group of the disk (the QEMU user's
+group under libvirt's dynamic ownership); otherwise ``push`` is used.
+
+Possible values:
+
+* ``pull`` (default), ``push``.
+
+Related options:
+
+* ``[snapdriver] strategies``: ``live-backup``
+* ``[snapdriver] block_job_timeout``: also bounds a ``pull`` copy
+"""),
     cfg.IntOpt(
         'free_space_margin_mb',
         default=256,

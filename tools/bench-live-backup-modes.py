@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""live-backup push vs pull vs a bare convert, on one Nova-shaped disk.
+
+A raw base plus a qcow2 overlay (data in both), attached with cache='none'
+io='native' as Nova attaches file disks, to a running BIOS-only domain.
+Each repeat runs, with a cold page cache before each: the fastest bare
+convert of the running disk (``qemu-img convert -U -t writeback -W -O
+qcow2``), then one live-backup snapshot per mode through the runner (the
+time of ``runner.captured``, which is the snapshot minus the upload). The
+order rotates between repeats. Run as root on a host prepared by
+tools/setup-host.sh::
+
+    python3 tools/bench-live-backup-modes.py --size-gib 2 --data-mib 512
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid as uuidlib
+
+import libvirt
+from nova.virt.libvirt import guest as libvirt_guest
+from oslo_utils import units
+
+from snapdriver import conf
+from snapdriver import guest_state
+from snapdriver import request as snap_request
+from snapdriver import runner
+from snapdriver.strategies import live_backup
+
+DOMAIN_XML = """<domain type='%(type)s'>
+  <name>%(name)s</name><uuid>%(uuid)s</uuid>
+  <memory unit='MiB'>128</memory><vcpu>1</vcpu>
+  <os><type>hvm</type><boot dev='hd'/></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none' io='native'/>
+      <source file='%(disk)s'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <memballoon model='none'/>
+  </devices>
+</domain>"""
+
+
+def sh(*cmd):
+    return subprocess.run(cmd, check=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True).stdout
+
+
+def drop_caches():
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('3\n')
+
+
+def make_disk(diskdir, size, data):
+    """Half the data in the raw base, half in the overlay, 4 MiB extents."""
+    base = os.path.join(diskdir, 'base.raw')
+    disk = os.path.join(diskdir, 'disk.qcow2')
+    sh('qemu-img', 'create', '-q', '-f', 'raw', base, str(size))
+    extent = 4 * units.Mi
+    slots = size // extent
+    count = data // extent
+    # Spread over the disk: every other slot, base and overlay alternating.
+    step = max(1, slots // count)
+    offsets = [i * step * extent for i in range(count)]
+    with open(base, 'r+b') as f:
+        for off in offsets[0::2]:
+            f.seek(off)
+            f.write(os.urandom(extent))
+    sh('qemu-img', 'create', '-q', '-f', 'qcow2', '-F', 'raw', '-b', base,
+       disk)
+    cmds = []
+    for n, off in enumerate(offsets[1::2]):
+        cmds += ['-c', 'write -P %d %d %d' % (n % 250 + 1, off, extent)]
+    sh('qemu-io', '-f', 'qcow2', *cmds, disk)
+    return disk
+
+
+def disk_size(path):
+    return json.loads(sh('qemu-img', 'info', '-U', '--output=json', '-f',
+                         'qcow2', path))['actual-size']
+
+
+def bare_convert(disk, out):
+    drop_caches()
+    t0 = time.monotonic()
+    sh('qemu-img', 'convert', '-U', '-f', 'qcow2', '-t', 'writeback', '-W',
+       '-O', 'qcow2', disk, out)
+    return time.monotonic() - t0, {}, disk_size(out)
+
+
+def snapshot(guest, mode, keep):
+    conf.CONF.set_override('live_backup_mode', mode, group='snapdriver')
+    request = snap_request.build(guest, image_format='qcow2')
+    strategy = live_backup.LiveBackup()
+    strategy.name = 'live-backup'
+    drop_caches()
+    t0 = time.monotonic()
+    with runner.captured(request, strategy,
+                         guest_state.LibvirtPowerControl(guest)) as (out,
+                                                                      run):
+        elapsed = time.monotonic() - t0
+        size = disk_size(out)
+        shutil.copy(out, keep)
+    return elapsed, dict(run.timings), size
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--size-gib', type=float, default=2)
+    parser.add_argument('--data-mib', type=int, default=512)
+    parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--parent', default='/var/lib/libvirt/images')
+    parser.add_argument('--type', default='kvm', choices=('kvm', 'qemu'))
+    args = parser.parse_args()
+
+    conf.CONF([], project='nova')
+    rundir = tempfile.mkdtemp(prefix='snapdriver-bench-modes-',
+                              dir=args.parent)
+    os.chmod(rundir, 0o711)
+    snapdir = os.path.join(rundir, 'snapshots')
+    os.mkdir(snapdir, 0o711)
+    conf.CONF.set_override('snapshots_directory', snapdir, group='libvirt')
+    conn = libvirt.open('qemu:///system')
+    uuid = str(uuidlib.uuid4())
+    results = {'bare': [], 'push': [], 'pull': []}
+    with contextlib.ExitStack() as stack:
+        stack.callback(shutil.rmtree, rundir, ignore_errors=True)
+        disk = make_disk(rundir, int(args.size_gib * units.Gi),
+                         args.data_mib * units.Mi)
+        dom = conn.createXML(DOMAIN_XML % {
+            'type': args.type, 'name': 'snapdriver-bench-modes-%s' % uuid,
+            'uuid': uuid, 'disk': disk}, 0)
+        stack.callback(dom.destroy)
+        guest = libvirt_guest.Guest(dom)
+        routes = ['bare', 'push', 'pull']
+        for rep in range(args.repeat):
+            for route in routes[rep % 3:] + routes[:rep % 3]:
+                keep = os.path.join(rundir, '%s-%d.qcow2' % (route, rep))
+                if route == 'bare':
+                    r = bare_convert(disk, keep)
+                else:
+                    r = snapshot(guest, route, keep)
+                results[route].append(r)
+                print('%-4s rep %d: %.3f s  phases %s  disk size %d MiB' % (
+                    route, rep, r[0],
+                    {k: round(v, 3) for k, v in r[1].items()},
+                    r[2] // units.Mi), flush=True)
+                if route != 'bare':
+                    sh('qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2',
+                       keep, os.path.join(rundir, 'bare-%d.qcow2' % rep)
+                       if os.path.exists(os.path.join(
+                           rundir, 'bare-%d.qcow2' % rep)) else disk)
+                    print('     identical to the disk', flush=True)
+    bare = statistics.median(r[0] for r in results['bare'])
+    for route, rs in results.items():
+        times = [r[0] for r in rs]
+        print('%-4s median %.3f s (min %.3f, max %.3f) = %.2fx bare; '
+              'output %d MiB' % (route, statistics.median(times), min(times),
+                                 max(times), statistics.median(times) / bare,
+                                 rs[0][2] // units.Mi))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
