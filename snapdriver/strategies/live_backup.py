@@ -459,9 +459,8 @@ def wait_target_released(request, target):
         if time.monotonic() >= deadline:
             raise exception.BlockJobFailed(
                 job='backup', disk=request.disk_path,
-                reason='QEMU still had %s open %d '
-                       'seconds after the backup job ended' % (target,
-                                                        RELEASE_WAIT))
+                reason='QEMU still had %s open %d seconds after the '
+                       'backup job ended' % (target, RELEASE_WAIT))
         LOG.debug('QEMU still has %s open after the backup job',
                   target, instance=request.instance)
         time.sleep(interval)
