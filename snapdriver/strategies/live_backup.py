@@ -366,8 +366,8 @@ def resume_if_io_paused(dom, request):
                 'its disk and of [libvirt] snapshots_directory, then resume '
                 'it with "virsh resume %s"' % (e, request.name))
     LOG.warning('Guest %(name)s was paused by an I/O error during the '
-                'backup job (a write into the snapshot target failed); it '
-                'has been resumed', {'name': request.name},
+                'backup job (a write into the job\'s target or scratch file '
+                'failed); it has been resumed', {'name': request.name},
                 instance=request.instance)
     return ('was resumed; check the storage of [libvirt] '
             'snapshots_directory')
