@@ -811,10 +811,15 @@ class LiveBackup(base.SnapshotStrategy):
             self._begin(request, dom, xml, run)
             # NOTE: the copy is the job's work: it is bounded by the job's
             # timeout, not by qemu_img_timeout.
-            qemu_img.convert_from_nbd(
-                qemu_img.nbd_unix_uri(socket, request.disk_dev), out_path,
-                request.image_format, compress=request.compress,
-                timeout=CONF.snapdriver.block_job_timeout)
+            timeout = CONF.snapdriver.block_job_timeout
+            try:
+                qemu_img.convert_from_nbd(
+                    qemu_img.nbd_unix_uri(socket, request.disk_dev),
+                    out_path, request.image_format,
+                    compress=request.compress, timeout=timeout)
+            except exception.QemuImgTimeout:
+                raise exception.BlockJobTimeout(
+                    job='backup', disk=request.disk_path, timeout=timeout)
             # The export was read whole while the job ran only if the job
             # still runs now (one aborted from outside could also end
             # between two reads of a retrying client).

@@ -645,6 +645,15 @@ class PullTestCase(base.BaseTestCase):
         self.assertEqual(1, dom.aborted)
         self.assertIn('was resumed', str(ex))
 
+    def test_copy_timeout_is_the_job_timeout(self):
+        dom = self.domain()
+        self.convert.side_effect = exception.QemuImgTimeout(
+            action='convert', path='nbd', timeout=77)
+        ex = self.assertRaises(exception.BlockJobTimeout, self.capture,
+                               self.request(dom))
+        self.assertIn('block_job_timeout', str(ex))
+        self.assertEqual(1, dom.aborted)
+
     def test_job_gone_before_the_end_of_the_copy_fails(self):
         dom = self.domain()
 
