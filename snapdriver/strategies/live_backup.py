@@ -647,8 +647,7 @@ class LiveBackup(base.SnapshotStrategy):
         return request.image_format == 'qcow2' and not request.compress
 
     def _measure(self, request, fmt):
-        return qemu_img.measure(request.disk_path, request.source_format,
-                                fmt)
+        return request.measure(fmt)
 
     def _target_reservation(self, request):
         # NOTE: in pull mode this bounds the scratch file as well: it gets

@@ -408,12 +408,12 @@ class JobTestCase(base.BaseTestCase):
 
     @mock.patch.object(live_backup.qemu_img, 'measure')
     def test_space_needed(self, measure):
-        measure.side_effect = lambda src, fmt, out: {'qcow2': 10,
-                                                     'raw': 100}[out]
-        # The backup target's reservation, plus the converted output.
+        measure.side_effect = lambda src, fmt, out: {'qcow2': 10}[out]
+        # The backup target's reservation, plus the converted output (a
+        # raw one needs the virtual size).
         target = space.reservation_for(10)
         self.assertEqual(target, self.strategy.space_needed(_request()))
-        self.assertEqual(target + 100, self.strategy.space_needed(
+        self.assertEqual(target + (1 << 30), self.strategy.space_needed(
             _request(image_format='raw')))
         self.assertEqual(target + 10, self.strategy.space_needed(
             _request(compress=True)))
@@ -676,9 +676,22 @@ class PullTestCase(base.BaseTestCase):
         with mock.patch.object(live_backup.qemu_img, 'measure',
                                side_effect=lambda src, fmt, out: {
                                    'qcow2': 10, 'raw': 100}[out]):
-            self.assertEqual(space.reservation_for(10) + 100,
+            self.assertEqual(space.reservation_for(10) + 10,
+                             self.strategy.space_needed(self.request(
+                                 self.domain())))
+            self.assertEqual(space.reservation_for(10) + (1 << 30),
                              self.strategy.space_needed(self.request(
                                  self.domain(), image_format='raw')))
+
+    def test_disk_measured_once_per_snapshot(self):
+        # The preflight check and the reservation ask the same question:
+        # one qemu-img measure answers both.
+        request = self.request(self.domain())
+        with mock.patch.object(live_backup.qemu_img, 'measure',
+                               return_value=10) as measure:
+            self.strategy.space_needed(request)
+            self.capture(request)
+        measure.assert_called_once_with(self.disk, 'qcow2', 'qcow2')
 
     def test_long_socket_path_goes_through_a_short_alias(self):
         workdir = os.path.join(self.snapdir, 'snapdriver-' + 'w' * 120)
