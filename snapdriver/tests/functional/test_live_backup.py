@@ -451,10 +451,8 @@ class PullTestCase(LiveBackupTestCase):
         self.assert_guest_intact(domain, 'running')
         self.assert_no_backup_job(domain)
 
-    def test_stale_job_of_killed_process_is_aborted(self):
-        # A pull job never ends by itself: the one a killed process left
-        # runs until the next snapshot (or nova-compute's start) ends it.
-        domain = self.make_domain('running')
+    def _kill_mid_copy(self, domain):
+        """Leave a pull job: SIGKILL a snapshot's process while it reads."""
         log_path = os.path.join(self.workdir, 'child.log')
         with open(log_path, 'wb') as log:
             child = subprocess.Popen(
@@ -468,9 +466,18 @@ class PullTestCase(LiveBackupTestCase):
             with open(log_path) as log:
                 self.fail('the child never started a backup: %s' %
                           log.read())
+        # The job exists once backupBegin returns in the child; its export
+        # is read (here: never) after that.
+        time.sleep(0.5)
         child.send_signal(signal.SIGKILL)
         child.wait()
+        # A pull job never ends by itself.
         self.assertTrue(backup_running(domain.dom))
+        self.assertNotEqual([], os.listdir(self.snapshots_directory))
+
+    def test_stale_job_of_killed_process_is_aborted(self):
+        domain = self.make_domain('running')
+        self._kill_mid_copy(domain)
         logger = self.useFixture(fixtures.FakeLogger(
             name='snapdriver.runner'))
 
@@ -482,6 +489,20 @@ class PullTestCase(LiveBackupTestCase):
         self.assert_guest_intact(domain, 'running')
         self.assert_no_backup_job(domain)
         self.assertEqual([], os.listdir(self.snapshots_directory))
+
+    def test_service_start_ends_a_stale_job(self):
+        # What nova-compute's init_host() runs after a kill.
+        domain = self.make_domain('running')
+        self._kill_mid_copy(domain)
+        logger = self.useFixture(fixtures.FakeLogger(name='snapdriver'))
+
+        self.driver._clean_snapshot_leftovers()
+
+        self.assertIn('Cleaned up backup job onto %s' %
+                      self.snapshots_directory, logger.output)
+        self.assert_no_backup_job(domain)
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assert_guest_intact(domain, 'running')
 
 
 def stat_mode(path):
