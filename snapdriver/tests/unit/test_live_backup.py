@@ -345,6 +345,15 @@ class JobTestCase(base.BaseTestCase):
         self.assertEqual(2, len(self.progress))
         fake_time.sleep.assert_called_once_with(0.01)
 
+    @mock.patch.object(live_backup, 'time')
+    def test_aborted_job_polled_soon_then_less_often(self, fake_time):
+        self.conf.config(block_job_poll_interval=0.1, group='snapdriver')
+        fake_time.monotonic.return_value = 0
+        dom = FakeDomain([RUNNING] * 7 + [NO_JOB])
+        live_backup._wait_backup_gone(dom, _request(dom))
+        self.assertEqual([0.005, 0.01, 0.02, 0.04, 0.08, 0.1],
+                         [c[0][0] for c in fake_time.sleep.call_args_list])
+
     @mock.patch.object(live_backup.qemu_img, 'create')
     def test_capture_aborts_the_job_when_polling_fails(self, create):
         dom = FakeDomain([RUNNING])
