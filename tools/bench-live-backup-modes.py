@@ -206,6 +206,17 @@ def main():
                   route, statistics.median(times), min(times), max(times),
                   statistics.median(times) / bare,
                   statistics.median(r[3] for r in rs), rs[0][2] // units.Mi))
+    # Paired, repeat by repeat: the load of a shared host changes slowly,
+    # so ratios within one repeat are steadier than ratios of medians.
+    for route in ('push', 'pull'):
+        pairs = zip(results[route], results['bare'])
+        ratios = [r[0] / b[0] for r, b in pairs]
+        print('%s / bare, paired by repeat: median %.2fx (%s)' % (
+            route, statistics.median(ratios),
+            ', '.join('%.2f' % x for x in ratios)))
+    ratios = [a[0] / b[0] for a, b in zip(results['pull'], results['push'])]
+    print('pull / push, paired by repeat: median %.2fx (%s)' % (
+        statistics.median(ratios), ', '.join('%.2f' % x for x in ratios)))
     return 0
 
 
