@@ -98,9 +98,9 @@ def make_disk(diskdir, size, data):
     return disk
 
 
-def disk_size(path):
+def disk_size(path, fmt='qcow2'):
     return json.loads(sh('qemu-img', 'info', '-U', '--output=json', '-f',
-                         'qcow2', path))['actual-size']
+                         fmt, path))['actual-size']
 
 
 def qemu_cpu(pid):
@@ -130,9 +130,9 @@ def bare_convert(disk, out):
     return time.monotonic() - t0, {}, disk_size(out)
 
 
-def snapshot(guest, mode, keep):
+def snapshot(guest, mode, keep, image_format):
     conf.CONF.set_override('live_backup_mode', mode, group='snapdriver')
-    request = snap_request.build(guest, image_format='qcow2')
+    request = snap_request.build(guest, image_format=image_format)
     strategy = live_backup.LiveBackup()
     strategy.name = 'live-backup'
     drop_caches()
@@ -140,7 +140,7 @@ def snapshot(guest, mode, keep):
     power = guest_state.LibvirtPowerControl(guest)
     with runner.captured(request, strategy, power) as (out, run):
         elapsed = time.monotonic() - t0
-        size = disk_size(out)
+        size = disk_size(out, image_format)
         shutil.copy(out, keep)
     return elapsed, dict(run.timings), size
 
@@ -152,6 +152,10 @@ def main():
     parser.add_argument('--repeat', type=int, default=3)
     parser.add_argument('--parent', default='/var/lib/libvirt/images')
     parser.add_argument('--type', default='kvm', choices=('kvm', 'qemu'))
+    parser.add_argument('--image-format', default='qcow2',
+                        choices=('qcow2', 'raw'),
+                        help='output of the snapshots (the bare convert '
+                             'writes qcow2 in every case)')
     args = parser.parse_args()
 
     conf.CONF([], project='nova')
@@ -180,12 +184,13 @@ def main():
         routes = ['bare', 'push', 'pull']
         for rep in range(args.repeat):
             for route in routes[rep % 3:] + routes[:rep % 3]:
-                keep = os.path.join(rundir, '%s-%d.qcow2' % (route, rep))
+                fmt = 'qcow2' if route == 'bare' else args.image_format
+                keep = os.path.join(rundir, '%s-%d.%s' % (route, rep, fmt))
                 cpu0 = cpu_now(pid)
                 if route == 'bare':
                     r = bare_convert(disk, keep)
                 else:
-                    r = snapshot(guest, route, keep)
+                    r = snapshot(guest, route, keep, args.image_format)
                 r += (cpu_now(pid) - cpu0, os.getloadavg()[0])
                 results[route].append(r)
                 print('%-4s rep %d: %.3f s  cpu %.2f s  load %.1f  phases %s  '
@@ -195,8 +200,8 @@ def main():
                           r[2] // units.Mi), flush=True)
                 # Every image holds the disk's content (the BIOS-only
                 # guest never writes).
-                sh('qemu-img', 'compare', '-f', 'qcow2', '-F', 'qcow2',
-                   keep, reference)
+                sh('qemu-img', 'compare', '-f', fmt, '-F', 'qcow2', keep,
+                   reference)
                 os.unlink(keep)
     bare = statistics.median(r[0] for r in results['bare'])
     for route, rs in results.items():

@@ -20,15 +20,16 @@ persistent. Guest writes during the job are held back by QEMU's
 copy-before-write filter, not by the guest. Two modes
 (``[snapdriver] live_backup_mode``):
 
-* pull (default): QEMU exports the disk as of the job start over NBD on a
-  unix socket in the snapshot's work directory, and ``qemu-img convert``
-  reads it straight into the image, in the requested format; the filter
-  keeps the old data of the blocks the guest rewrites in a qcow2 scratch
-  file. The job is ended (aborted: a pull job never completes) once the
-  export is read. Faster: qemu-img reads with many requests in flight and
-  writes through the page cache, where QEMU's job copies a cluster at a
-  time with the disk's O_DIRECT.
-* push: QEMU writes the copy into a qcow2 target.
+* push (default): QEMU writes the copy into a qcow2 target, which is the
+  image itself or is converted to the requested format.
+* pull: QEMU exports the disk as of the job start over NBD on a unix
+  socket in the snapshot's work directory, and ``qemu-img convert`` reads
+  it straight into the image, in the requested format; the filter keeps
+  the old data of the blocks the guest rewrites in a qcow2 scratch file.
+  The job is ended (aborted: a pull job never completes) once the export
+  is read. qemu-img reads with many requests in flight and writes through
+  the page cache; the data crosses a socket, so it takes more CPU than
+  push, which does the copy inside QEMU.
 
 The filter makes the guest's writes depend on the scratch file or target:
 libvirt (9.0 at least) starts the job without an ``on-cbw-error`` choice,

@@ -756,23 +756,25 @@ class ModeTestCase(base.BaseTestCase):
         return self.strategy._mode(_request(
             disk_path=self.disk, snapshots_directory=snapdir or SNAPDIR))
 
-    def test_pull_is_the_default(self):
-        self.assertEqual('pull', CONF.snapdriver.live_backup_mode)
-        self.assertEqual('pull', self.mode())
-
-    def test_push_when_configured(self):
-        self.conf.config(live_backup_mode='push', group='snapdriver')
+    def test_push_is_the_default(self):
+        self.assertEqual('push', CONF.snapdriver.live_backup_mode)
         self.assertEqual('push', self.mode())
+
+    def test_pull_when_configured(self):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
+        self.assertEqual('pull', self.mode())
 
     @mock.patch('os.getgroups', return_value=[])
     @mock.patch('os.getegid', return_value=4321)
     @mock.patch('os.geteuid', return_value=1234)
     def test_push_when_the_socket_would_be_out_of_reach(self, *mocks):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
         self.assertEqual('push', self.mode())
         with mock.patch('os.getgroups',
                         return_value=[os.stat(self.disk).st_gid]):
             self.assertEqual('pull', self.mode())
 
     def test_push_when_even_the_alias_path_is_too_long(self):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
         self.assertEqual('push', self.mode('/' + 'd' * 100))
         self.assertEqual('pull', self.mode('/' + 'd' * 60))
