@@ -821,6 +821,9 @@ class LiveBackup(base.SnapshotStrategy):
             # NOTE: the copy is the job's work: it is bounded by the job's
             # timeout, not by qemu_img_timeout.
             timeout = CONF.snapdriver.block_job_timeout
+            # NOTE: qemu-img reports no progress we read; say where the
+            # copy starts and ends, as a push job's polls do.
+            run.progress('backup', 0, request.virtual_size)
             try:
                 qemu_img.convert_from_nbd(
                     qemu_img.nbd_unix_uri(socket, request.disk_dev),
@@ -843,6 +846,8 @@ class LiveBackup(base.SnapshotStrategy):
                     job='backup', disk=request.disk_path,
                     reason='the pull-mode backup job could not be ended')
             wait_target_released(request, scratch)
+            run.progress('backup', request.virtual_size,
+                         request.virtual_size)
         except Exception as e:
             with excutils.save_and_reraise_exception():
                 self._on_failure(request, dom, scratch, e)

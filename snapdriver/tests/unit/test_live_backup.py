@@ -593,7 +593,10 @@ class PullTestCase(base.BaseTestCase):
                         disk_path=self.disk, **changes)
 
     def capture(self, request):
-        run = runner.SnapshotRun(request, self.strategy)
+        self.progress = []
+        run = runner.SnapshotRun(
+            request, self.strategy,
+            progress=lambda *args: self.progress.append(args))
         self.strategy.capture(request, self.out, run)
         return run
 
@@ -617,6 +620,8 @@ class PullTestCase(base.BaseTestCase):
             'nbd+unix:///vda?socket=' + sock, self.out, 'qcow2',
             compress=False, timeout=77)
         self.assertIsNotNone(run.point_in_time)
+        self.assertEqual([('backup', 0, 1 << 30), ('backup', 1 << 30,
+                                                   1 << 30)], self.progress)
         self.assertIsNone(dom.done, 'the completed-job record was kept')
         st = os.stat(self.workdir + '/nbd')
         self.assertEqual(0o730, st.st_mode & 0o7777)
