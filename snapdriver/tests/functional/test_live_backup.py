@@ -419,8 +419,11 @@ class PullTestCase(LiveBackupTestCase):
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
         self.assert_guest_intact(domain, 'running')
         self.assert_no_backup_job(domain)
-        # Work directory and any socket alias are gone.
+        # Work directory and any socket alias are gone, and QEMU closed
+        # the scratch file before it was removed.
         self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assertEqual([], [p for p in qemu_open_files(domain.uuid)
+                              if p.startswith(self.snapshots_directory)])
 
     def test_job_aborted_from_outside_fails_the_copy(self):
         domain = self.make_domain('running')
