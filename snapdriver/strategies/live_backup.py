@@ -834,17 +834,14 @@ class LiveBackup(base.SnapshotStrategy):
                     job='backup', disk=request.disk_path, timeout=timeout)
             # The export was read whole while the job ran only if the job
             # still runs now (one aborted from outside could also end
-            # between two reads of a retrying client).
-            if scratch not in running_backup_targets(dom):
-                raise exception.BlockJobFailed(
-                    job='backup', disk=request.disk_path,
-                    reason='the pull-mode backup job ended before its '
-                           'export was read (aborted from outside?)')
+            # between two reads of a retrying client): abort_backup finds
+            # it before ending it.
             if abort_backup(dom, request,
                             lambda path: path == scratch) is None:
                 raise exception.BlockJobFailed(
                     job='backup', disk=request.disk_path,
-                    reason='the pull-mode backup job could not be ended')
+                    reason='the pull-mode backup job ended before its '
+                           'export was read (aborted from outside?)')
             wait_target_released(request, scratch)
             run.progress('backup', request.virtual_size,
                          request.virtual_size)
