@@ -196,6 +196,44 @@ Related options:
 * ``[libvirt] snapshots_directory``
 * ``[compute] max_concurrent_disk_ops`` (Nova's limit, held for every copy)
 """),
+    cfg.StrOpt(
+        'live_backup_mode',
+        default='push',
+        choices=[
+            ('push', 'a push-mode backup job has QEMU write the copy into '
+                     'a qcow2 target; a raw or compressed image then takes '
+                     'a second conversion'),
+            ('pull', 'a pull-mode backup job exports the disk as it was at '
+                     'the job start over NBD, on a unix socket in the '
+                     'snapshot\'s work directory, and qemu-img reads it '
+                     'straight into the image in the requested format; '
+                     'QEMU only writes, into a scratch file, the old data '
+                     'of the blocks the guest rewrites during the copy'),
+        ],
+        help="""
+How the ``live-backup`` strategy copies the running disk.
+
+Both modes give the same image: the disk as it was when the backup job
+started, with the guest running throughout and the domain definition never
+changed, and both reserve the space of the file QEMU writes during the job
+before it starts. ``pull`` writes a raw or compressed image in one pass and
+its output holds exactly the data; on an idle host it copied a qcow2 image
+faster than ``push``, but it takes more CPU (qemu-img and QEMU both move
+the data) and on a busy host it was slower (see the strategies
+documentation), hence the default. ``pull`` also needs the snapshot's
+process to connect to a socket that QEMU creates: root, or a member of the
+group of the disk (the QEMU user's group under libvirt's dynamic
+ownership); otherwise ``push`` is used.
+
+Possible values:
+
+* ``push`` (default), ``pull``.
+
+Related options:
+
+* ``[snapdriver] strategies``: ``live-backup``
+* ``[snapdriver] block_job_timeout``: also bounds a ``pull`` copy
+"""),
     cfg.IntOpt(
         'free_space_margin_mb',
         default=256,

@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import signal
+import urllib.parse
 
 from nova.privsep import utils as nova_privsep_utils
 from oslo_concurrency import processutils
@@ -288,6 +289,56 @@ def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
         args.append('-W')
     args += ['--', src, dest]
     _run('convert', src, args,
+         timeout=timeout or CONF.snapdriver.qemu_img_timeout)
+
+
+def nbd_unix_uri(socket, export):
+    """Return the ``nbd+unix://`` URI of export ``export`` at ``socket``.
+
+    The socket path is percent-encoded: QEMU decodes the query of an NBD
+    URI, so a path holding ``&``, ``?`` or ``%`` still names that file.
+    """
+    return 'nbd+unix:///%s?socket=%s' % (
+        urllib.parse.quote(export, safe=''),
+        urllib.parse.quote(socket, safe='/'))
+
+
+#: Requests in flight of a convert from NBD (``-m``): qemu-img's default
+#: of 8 left the export's server idle between replies here.
+NBD_COROUTINES = 16
+
+
+def convert_from_nbd(uri, dest, dest_fmt, compress=False, timeout=None):
+    """Copy the content of an NBD export into a new image file.
+
+    The export is read as ``raw`` (``-f raw``, never probed: it is the
+    guest's disk content, as a pull-mode backup job exports it). qemu-img
+    asks the server which ranges hold data (NBD block status,
+    ``base:allocation``) and writes nothing for holes and zeroes, so the
+    output holds only the allocated data.
+
+    :param uri: the export, e.g. from :func:`nbd_unix_uri`.
+    :param dest: the file to write; it must not hold data anyone needs.
+    :param dest_fmt: the output format.
+    :param compress: compress a qcow2 output (``-c``).
+    :param timeout: seconds before qemu-img is killed; defaults to
+        ``[snapdriver] qemu_img_timeout``.
+    :raises: :class:`exception.QemuImgFailed`,
+        :class:`exception.QemuImgTimeout`
+
+    The output is written with the cache mode of ``[snapdriver]
+    convert_cache_mode`` (``-t``), with :data:`NBD_COROUTINES` requests in
+    flight (``-m``).
+    """
+    args = ['convert', '-f', 'raw', '-O', _check_format(dest_fmt),
+            '-t', _convert_cache_mode(dest), '-m', NBD_COROUTINES]
+    if compress and dest_fmt == 'qcow2':
+        args.append('-c')
+    else:
+        # NOTE: as in convert(): nobody reads dest until we return.
+        args.append('-W')
+    args += ['--', uri, dest]
+    _run('convert', uri, args,
          timeout=timeout or CONF.snapdriver.qemu_img_timeout)
 
 

@@ -82,6 +82,28 @@ class SnapshotRequest:
     virt_type: str
     #: The libvirt driver, when running inside nova-compute.
     driver: ty.Any = None
+    #: :meth:`measure` results by output format; not copied by
+    #: ``dataclasses.replace`` (a changed disk is measured again).
+    _measured: ty.Dict[str, int] = dataclasses.field(
+        default_factory=dict, init=False, compare=False, repr=False)
+
+    def measure(self, fmt):
+        """Return the bytes a convert of the disk to ``fmt`` needs.
+
+        ``qemu-img measure`` runs once per format and snapshot: the
+        preflight check and the reservation before a job ask the same
+        question within milliseconds, and each qemu-img costs tens of ms
+        before the copy can start. A raw output needs the virtual size,
+        known from ``qemu-img info`` already.
+
+        :raises: :class:`snapdriver.exception.QemuImgFailed`
+        """
+        if fmt == 'raw' and self.virtual_size:
+            return self.virtual_size
+        if fmt not in self._measured:
+            self._measured[fmt] = qemu_img.measure(
+                self.disk_path, self.source_format, fmt)
+        return self._measured[fmt]
 
     @property
     def power_state_name(self):

@@ -12,18 +12,30 @@
 
 """live-backup: a one-pass live snapshot through libvirt's backup API.
 
-A push-mode backup (``virDomainBackupBegin``) has QEMU write a
-point-in-time copy of the running root disk, as of the job start, straight
-into a qcow2 file: the data is read once (the stock live snapshot reads it
-twice, mirror then flatten), no overlay is needed and the domain definition
-is never changed, so the domain stays persistent. Guest writes during the
-job are held back by QEMU's copy-before-write filter, not by the guest.
+A backup job (``virDomainBackupBegin``) gives a point-in-time copy of the
+running root disk, as of the job start: the data is read once (the stock
+live snapshot reads it twice, mirror then flatten), no overlay is needed
+and the domain definition is never changed, so the domain stays
+persistent. Guest writes during the job are held back by QEMU's
+copy-before-write filter, not by the guest. Two modes
+(``[snapdriver] live_backup_mode``):
 
-That filter makes the guest's writes depend on the target: libvirt (9.0
-at least) starts the job without an ``on-cbw-error`` choice, so QEMU uses
-``break-guest-write`` and a failed copy into the target fails the guest's
-write, which QEMU's default error policy turns into a pause on ENOSPC. The
-target's blocks are therefore reserved before the job starts
+* push (default): QEMU writes the copy into a qcow2 target, which is the
+  image itself or is converted to the requested format.
+* pull: QEMU exports the disk as of the job start over NBD on a unix
+  socket in the snapshot's work directory, and ``qemu-img convert`` reads
+  it straight into the image, in the requested format; the filter keeps
+  the old data of the blocks the guest rewrites in a qcow2 scratch file.
+  The job is ended (aborted: a pull job never completes) once the export
+  is read. qemu-img reads with many requests in flight and writes through
+  the page cache; the data crosses a socket, so it takes more CPU than
+  push, which does the copy inside QEMU.
+
+The filter makes the guest's writes depend on the scratch file or target:
+libvirt (9.0 at least) starts the job without an ``on-cbw-error`` choice,
+so QEMU uses ``break-guest-write`` and a failed copy fails the guest's
+write, which QEMU's default error policy turns into a pause on ENOSPC.
+That file's blocks are therefore reserved before the job starts
 (:mod:`snapdriver.space`), and a guest that was paused by an I/O error
 during the job anyway (an EIO from the work directory's storage) is
 resumed once the job is gone, its held write then reaching the disk.
@@ -31,6 +43,7 @@ resumed once the job is gone, its held write then reaching the disk.
 
 import datetime
 import os
+import secrets
 import time
 from xml.etree import ElementTree
 
@@ -44,6 +57,7 @@ from snapdriver import conf
 from snapdriver import exception
 from snapdriver import guest_state
 from snapdriver import qemu_img
+from snapdriver import runner
 from snapdriver import space
 from snapdriver.strategies import base
 from snapdriver.strategies import checks
@@ -63,6 +77,14 @@ ABORT_WAIT = 30
 
 #: Name of the qcow2 backup target when the output needs a conversion.
 BACKUP_TARGET_NAME = 'backup.qcow2'
+
+#: Pull mode: the scratch file, and the directory (in the work directory)
+#: of the NBD server's socket, and the socket.
+SCRATCH_NAME = 'scratch.qcow2'
+SOCKET_DIR_NAME = 'nbd'
+SOCKET_NAME = 'sock'
+#: Characters tempfile.mkdtemp adds to a work directory's prefix.
+WORKDIR_RANDOM = 8
 
 
 def _version_int(version):
@@ -111,17 +133,26 @@ def disk_targets(domain_xml):
     return names
 
 
-def backup_xml(disk_dev, target_file, all_disks):
-    """Build the ``<domainbackup>`` of a push backup of one disk.
+def backup_xml(disk_dev, target_file, all_disks, socket=None):
+    """Build the ``<domainbackup>`` of a backup of one disk.
 
     :param disk_dev: the disk to back up (``vda``).
-    :param target_file: the qcow2 file QEMU writes the copy to.
+    :param target_file: push mode: the qcow2 file QEMU writes the copy
+        to; pull mode: the qcow2 scratch file QEMU keeps the old data of
+        rewritten blocks in.
     :param all_disks: the target names of every disk of the domain; all
         but ``disk_dev`` are listed with ``backup='no'`` so that libvirt
         never adds them (with targets of its own choosing) to the job.
+    :param socket: ``None`` for a push-mode backup; else a pull-mode
+        backup whose NBD server listens on this unix socket and exports
+        the disk under its target name (``exportname``).
     :returns: the XML document as a string.
     """
-    root = ElementTree.Element('domainbackup', mode='push')
+    mode = 'push' if socket is None else 'pull'
+    root = ElementTree.Element('domainbackup', mode=mode)
+    if socket is not None:
+        ElementTree.SubElement(root, 'server', transport='unix',
+                               socket=socket)
     disks = ElementTree.SubElement(root, 'disks')
     names = list(all_disks)
     if disk_dev not in names:
@@ -132,21 +163,31 @@ def backup_xml(disk_dev, target_file, all_disks):
             continue
         disk = ElementTree.SubElement(disks, 'disk', name=name,
                                       backup='yes', type='file')
+        if socket is not None:
+            # NOTE: the default export name is the target name too; set
+            # it so the reader never depends on that default.
+            disk.set('exportname', name)
         ElementTree.SubElement(disk, 'driver', type='qcow2')
-        ElementTree.SubElement(disk, 'target', file=target_file)
+        ElementTree.SubElement(disk, 'scratch' if socket else 'target',
+                               file=target_file)
     return ElementTree.tostring(root, encoding='unicode')
 
 
 def backup_targets(xml):
-    """Return the target files of the disks a ``<domainbackup>`` copies."""
+    """Return the files of the disks a ``<domainbackup>`` copies.
+
+    The targets of a push-mode backup, the scratch files of a pull-mode
+    one: the files in which QEMU writes for the job.
+    """
     root = ElementTree.fromstring(xml)
     files = []
     for disk in root.findall('./disks/disk'):
         if disk.get('backup', 'yes') != 'yes':
             continue
-        target = disk.find('target')
-        if target is not None and target.get('file'):
-            files.append(target.get('file'))
+        for tag in ('target', 'scratch'):
+            elem = disk.find(tag)
+            if elem is not None and elem.get('file'):
+                files.append(elem.get('file'))
     return files
 
 
@@ -173,8 +214,16 @@ def running_backup_targets(dom):
     return backup_targets(xml)
 
 
+#: First wait between two checks that an aborted job is gone, in seconds;
+#: doubled at each check up to ``[snapdriver] block_job_poll_interval``.
+#: A pull-mode job is ended by an abort at every snapshot, and it is
+#: usually gone within a few ms: a whole poll interval would be wasted.
+ABORT_FIRST_POLL = 0.005
+
+
 def _wait_backup_gone(dom, request):
     interval = CONF.snapdriver.block_job_poll_interval
+    pause = min(ABORT_FIRST_POLL, interval)
     deadline = time.monotonic() + ABORT_WAIT
     while running_backup_targets(dom):
         if time.monotonic() >= deadline:
@@ -183,7 +232,8 @@ def _wait_backup_gone(dom, request):
                                           't': ABORT_WAIT},
                         instance=request.instance)
             return
-        time.sleep(interval)
+        time.sleep(pause)
+        pause = min(pause * 2, interval)
 
 
 def abort_backup(dom, request, match):
@@ -326,8 +376,8 @@ def resume_if_io_paused(dom, request):
                 'its disk and of [libvirt] snapshots_directory, then resume '
                 'it with "virsh resume %s"' % (e, request.name))
     LOG.warning('Guest %(name)s was paused by an I/O error during the '
-                'backup job (a write into the snapshot target failed); it '
-                'has been resumed', {'name': request.name},
+                'backup job (a write into the job\'s target or scratch file '
+                'failed); it has been resumed', {'name': request.name},
                 instance=request.instance)
     return ('was resumed; check the storage of [libvirt] '
             'snapshots_directory')
@@ -388,6 +438,9 @@ def holds_file(pid, path):
 def wait_target_released(request, target):
     """Wait until QEMU has closed the backup target after the job ended.
 
+    Also used for a pull-mode job's scratch file, which must be closed
+    before the work directory (and the blocks reserved for it) is removed.
+
     NOTE: libvirt 9.0 records the completed job before its blockdev-del
     of the target, so :func:`wait_done` may return while QEMU still has
     the file open; it was closed every time in tests, but the image must
@@ -416,12 +469,137 @@ def wait_target_released(request, target):
         if time.monotonic() >= deadline:
             raise exception.BlockJobFailed(
                 job='backup', disk=request.disk_path,
-                reason='QEMU still had the backup target %s open %d '
-                       'seconds after the job ended' % (target,
-                                                        RELEASE_WAIT))
+                reason='QEMU still had %s open %d seconds after the '
+                       'backup job ended' % (target, RELEASE_WAIT))
         LOG.debug('QEMU still has %s open after the backup job',
                   target, instance=request.instance)
         time.sleep(interval)
+
+
+def pull_unusable_reason(disk_path):
+    """Say why this process cannot read a pull-mode backup, or ``None``.
+
+    QEMU creates the NBD server's socket as its own user and group, which
+    under libvirt's dynamic ownership are the running disk's, with mode
+    0775: connecting takes write permission, so root or a member of that
+    group only. The same group is given the socket's directory.
+    """
+    if os.geteuid() == 0:
+        return None
+    try:
+        gid = os.stat(disk_path).st_gid
+    except OSError as e:
+        return 'cannot read %s: %s' % (disk_path, e)
+    if gid == os.getegid() or gid in os.getgroups():
+        return None
+    return ('this process is neither root nor in the group (gid %d) of '
+            'the disk, in which QEMU creates the NBD socket' % gid)
+
+
+#: sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
+SOCKET_PATH_MAX = 107
+
+#: Prefix of the short alias of a socket directory (see :func:`socket_path`).
+SOCKET_ALIAS_PREFIX = qemu_img.NAME_PREFIX + 'nbd-'
+
+
+def _alias_path(snapshots_directory):
+    return os.path.join(snapshots_directory,
+                        SOCKET_ALIAS_PREFIX + 'x' * 8, SOCKET_NAME)
+
+
+def socket_fits(workdir_parent, workdir_name_length):
+    """Say whether a pull backup's socket path can be short enough.
+
+    :returns: True when the socket in the work directory, or else through
+        its alias in ``workdir_parent`` (see :func:`socket_path`), stays
+        within :data:`SOCKET_PATH_MAX` bytes.
+    """
+    direct = os.path.join(workdir_parent, 'w' * workdir_name_length,
+                          SOCKET_DIR_NAME, SOCKET_NAME)
+    return (len(os.fsencode(direct)) <= SOCKET_PATH_MAX or
+            len(os.fsencode(_alias_path(workdir_parent))) <=
+            SOCKET_PATH_MAX)
+
+
+def socket_path(workdir, disk_path):
+    """Create the directory of a pull backup's socket; return the path.
+
+    QEMU binds the socket as its own user, so it needs write permission
+    in the directory: a directory of its own inside the work directory
+    (0710, traverse only), with the disk's group (QEMU's, under libvirt's
+    dynamic ownership) and mode 0730, so that QEMU can create the socket
+    but not list the directory, and no other user can enter it. The work
+    directory itself stays unwritable to QEMU; nothing is world-writable.
+
+    NOTE: a unix socket's path holds at most 107 bytes, and a work
+    directory named ``snapdriver-<uuid>-<host>-<random>`` in Nova's
+    ``/var/lib/nova/instances/snapshots`` is already about 100. Then the
+    socket is named through a symbolic link to its directory, with a
+    short name in the work directory's parent
+    (``snapdriver-nbd-<random>``); the socket itself still lies in the
+    work directory. The link is removed with :func:`remove_socket_alias`,
+    and one that a killed process left dangles once the work directory is
+    gone, which is how :func:`clean_socket_aliases` tells it.
+
+    :returns: the socket's path, to give to libvirt and to qemu-img.
+    """
+    path = os.path.join(workdir, SOCKET_DIR_NAME)
+    os.mkdir(path, 0o700)
+    os.chown(path, -1, os.stat(disk_path).st_gid)
+    os.chmod(path, 0o730)
+    sock = os.path.join(path, SOCKET_NAME)
+    if len(os.fsencode(sock)) <= SOCKET_PATH_MAX:
+        return sock
+    parent = os.path.dirname(os.path.abspath(workdir))
+    target = os.path.join(os.path.basename(os.path.abspath(workdir)),
+                          SOCKET_DIR_NAME)
+    while True:
+        alias = os.path.join(parent,
+                             SOCKET_ALIAS_PREFIX + secrets.token_hex(4))
+        try:
+            os.symlink(target, alias)
+            return os.path.join(alias, SOCKET_NAME)
+        except FileExistsError:
+            continue
+
+
+def remove_socket_alias(sock):
+    """Remove the symbolic link :func:`socket_path` may have made."""
+    alias = os.path.dirname(sock)
+    if (os.path.basename(alias).startswith(SOCKET_ALIAS_PREFIX) and
+            os.path.islink(alias)):
+        fileutils.delete_if_exists(alias)
+
+
+def clean_socket_aliases(snapshots_directory, workdir_prefix):
+    """Remove the socket aliases left by killed snapshots.
+
+    Call it with the domain's snapshot lock held, before its stale work
+    directories are removed: an alias into one of them (its name starts
+    with ``workdir_prefix``) is a leftover, and so is an alias whose work
+    directory is gone.
+
+    :returns: the removed paths.
+    """
+    removed = []
+    try:
+        entries = os.listdir(snapshots_directory)
+    except OSError:
+        return removed
+    for entry in sorted(entries):
+        path = os.path.join(snapshots_directory, entry)
+        if not (entry.startswith(SOCKET_ALIAS_PREFIX) and
+                os.path.islink(path)):
+            continue
+        try:
+            target = os.readlink(path)
+        except OSError:
+            continue
+        if target.startswith(workdir_prefix) or not os.path.exists(path):
+            fileutils.delete_if_exists(path)
+            removed.append(path)
+    return removed
 
 
 def _utc(timestamp):
@@ -431,10 +609,11 @@ def _utc(timestamp):
 
 class LiveBackup(base.SnapshotStrategy):
 
-    description = ('No downtime, one pass: a libvirt push-mode backup '
-                   'writes a point-in-time copy of the running root disk '
-                   'straight into a qcow2 image; the domain definition is '
-                   'never changed.')
+    description = ('No downtime, one pass: a libvirt backup job gives a '
+                   'point-in-time copy of the running root disk, read '
+                   'over NBD by qemu-img (pull mode) or written by QEMU '
+                   'into a qcow2 image (push mode); the domain definition '
+                   'is never changed.')
     guest_state = base.GUEST_LIVE
     #: snapdriver_point_in_time of its images (see snapdriver.provenance).
     point_in_time_is = 'start of the backup job'
@@ -456,36 +635,71 @@ class LiveBackup(base.SnapshotStrategy):
             return reason
         return checks.live_quiesce(request)
 
+    def _mode(self, request):
+        """Return ``'pull'`` or ``'push'``: how this snapshot copies."""
+        if CONF.snapdriver.live_backup_mode != 'pull':
+            return 'push'
+        reason = pull_unusable_reason(request.disk_path)
+        if reason is None and not socket_fits(
+                request.snapshots_directory,
+                len(runner.workdir_prefix(request)) + WORKDIR_RANDOM):
+            reason = ('[libvirt] snapshots_directory %s is too long a path '
+                      'for a unix socket in it' %
+                      request.snapshots_directory)
+        if reason is not None:
+            LOG.debug('live-backup uses push mode: %s', reason,
+                      instance=request.instance)
+            return 'push'
+        return 'pull'
+
     def _direct(self, request):
-        """True when the backup target can be the output itself."""
+        """True when a push backup's target can be the output itself."""
         return request.image_format == 'qcow2' and not request.compress
 
+    def _measure(self, request, fmt):
+        return request.measure(fmt)
+
     def _target_reservation(self, request):
-        return space.reservation_for(qemu_img.measure(
-            request.disk_path, request.source_format, 'qcow2'))
+        # NOTE: in pull mode this bounds the scratch file as well: it gets
+        # at most one copy of each cluster of the disk as of the job start
+        # (only the first guest write to a cluster copies it), and clusters
+        # that were holes or zeroes become zero clusters, metadata only.
+        return space.reservation_for(self._measure(request, 'qcow2'))
 
     def space_needed(self, request):
         backup = self._target_reservation(request)
+        if self._mode(request) == 'pull':
+            # The scratch file and the output that qemu-img writes.
+            return backup + self._measure(request, request.image_format)
         if self._direct(request):
             return backup
         # The qcow2 backup and the converted output exist together until
         # the conversion ends.
-        return backup + qemu_img.measure(request.disk_path,
-                                         request.source_format,
-                                         request.image_format)
+        return backup + self._measure(request, request.image_format)
 
     def clean_leftovers(self, request):
+        # NOTE: a pull-mode job never ends on its own: one left by a killed
+        # process runs (and holds its scratch file) until aborted here.
+        # Its scratch file lies in our work directory like a push target.
+        cleaned = []
         target = abort_backup(
             request.guest._domain, request,
             lambda path: live_shallow_rebase.is_ours(path, request))
-        if target is None:
-            return []
-        LOG.warning('Aborted a backup job onto %(target)s left by an '
-                    'interrupted snapshot', {'target': target},
-                    instance=request.instance)
-        return ['backup job onto %s' % target]
+        if target is not None:
+            LOG.warning('Aborted a backup job onto %(target)s left by an '
+                        'interrupted snapshot', {'target': target},
+                        instance=request.instance)
+            cleaned.append('backup job onto %s' % target)
+        for alias in clean_socket_aliases(request.snapshots_directory,
+                                          runner.workdir_prefix(request)):
+            cleaned.append('socket alias %s' % alias)
+        return cleaned
 
     def capture(self, request, out_path, run):
+        if self._mode(request) == 'pull':
+            with run.phase('backup'):
+                self._pull(request, out_path, run)
+            return
         direct = self._direct(request)
         if direct:
             target = out_path
@@ -507,6 +721,47 @@ class LiveBackup(base.SnapshotStrategy):
             if not direct:
                 fileutils.delete_if_exists(target)
 
+    def _begin(self, request, dom, xml, run):
+        """Start the backup job within the guest's freeze, if any."""
+        # NOTE: the copy holds the disk as of the job start, so the
+        # freeze only needs to cover backupBegin: milliseconds.
+        with guest_state.quiesced(request, run.quiesce):
+            try:
+                dom.backupBegin(
+                    xml, None,
+                    libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
+            except libvirt.libvirtError as e:
+                if _domain_gone(dom, e):
+                    raise
+                raise exception.BlockJobFailed(
+                    job='backup', disk=request.disk_path, reason=str(e))
+            run.point_in_time = time.time()
+            run.copy_begins()
+        LOG.info('Backup job of %(disk)s started: the image holds the '
+                 'disk as of %(when)s', {'disk': request.disk_path,
+                                         'when': _utc(run.point_in_time)},
+                 instance=request.instance)
+
+    def _on_failure(self, request, dom, target, error):
+        """End the job of ``target`` and resume a guest it I/O-paused.
+
+        Called in every failure path: a timeout, a failed poll or copy, a
+        failed thaw, or a backupBegin that failed after the job was
+        created.
+        """
+        if abort_backup(dom, request,
+                        lambda path: path == target) is not None:
+            LOG.warning('Aborted the backup job of %(disk)s',
+                        {'disk': request.disk_path},
+                        instance=request.instance)
+        outcome = resume_if_io_paused(dom, request)
+        if outcome is not None:
+            # NOTE: replaces the job's error, which would say the guest
+            # was not changed (excutils logs the original).
+            raise exception.GuestPausedDuringSnapshot(
+                job='backup', disk=request.disk_path, reason=error,
+                outcome=outcome)
+
     def _backup(self, request, target, run):
         dom = request.guest._domain
         # NOTE: the target is created here, and reused by libvirt
@@ -520,46 +775,96 @@ class LiveBackup(base.SnapshotStrategy):
         xml = backup_xml(request.disk_dev, target,
                          disk_targets(request.guest.get_xml_desc()))
         try:
-            # NOTE: the copy holds the disk as of the job start, so the
-            # freeze only needs to cover backupBegin: milliseconds.
-            with guest_state.quiesced(request, run.quiesce):
-                try:
-                    dom.backupBegin(
-                        xml, None,
-                        libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
-                except libvirt.libvirtError as e:
-                    if _domain_gone(dom, e):
-                        raise
-                    raise exception.BlockJobFailed(
-                        job='backup', disk=request.disk_path, reason=str(e))
-                run.point_in_time = time.time()
-                run.copy_begins()
-            LOG.info('Backup job of %(disk)s started: the image holds the '
-                     'disk as of %(when)s', {'disk': request.disk_path,
-                                             'when': _utc(run.point_in_time)},
-                     instance=request.instance)
+            self._begin(request, dom, xml, run)
             wait_done(request, dom, run)
             wait_target_released(request, target)
         except Exception as e:
             with excutils.save_and_reraise_exception():
-                # Every failure path ends the job: a timeout, a failed
-                # poll, a failed thaw, or a backupBegin that failed after
-                # the job was created.
-                if abort_backup(dom, request,
-                                lambda path: path == target) is not None:
-                    LOG.warning('Aborted the backup job of %(disk)s',
-                                {'disk': request.disk_path},
-                                instance=request.instance)
-                outcome = resume_if_io_paused(dom, request)
-                if outcome is not None:
-                    # NOTE: replaces the job's error, which would say the
-                    # guest was not changed (excutils logs the original).
-                    raise exception.GuestPausedDuringSnapshot(
-                        job='backup', disk=request.disk_path, reason=e,
-                        outcome=outcome)
+                self._on_failure(request, dom, target, e)
         else:
             # NOTE: a copy-before-write failure can also hit a job that
             # completes: the guest's write failed before its old data was
             # overwritten, so the image is good. Keep it; resume the guest
             # (logged as a warning).
             resume_if_io_paused(dom, request)
+
+    def _pull(self, request, out_path, run):
+        """Copy the disk through a pull-mode backup job into ``out_path``.
+
+        The job's NBD server exports the disk as of the job start (QEMU's
+        copy-before-write filter keeps the old data of every block the
+        guest rewrites in the scratch file); qemu-img reads the export
+        into the image in the requested format, skipping holes; then the
+        job is ended: a pull-mode job only ends when it is aborted.
+        """
+        dom = request.guest._domain
+        workdir = os.path.dirname(out_path)
+        scratch = os.path.join(workdir, SCRATCH_NAME)
+        # NOTE: created here (REUSE_EXTERNAL) for the reason _backup gives,
+        # and so that its blocks can be reserved before the job: the
+        # scratch file is where the guest's writes now depend on free
+        # space. Its backing is the disk, which libvirt sets at attach.
+        qemu_img.create(scratch, 'qcow2', request.virtual_size)
+        space.reserve(scratch, self._target_reservation(request),
+                      instance=request.instance)
+        socket = socket_path(workdir, request.disk_path)
+        try:
+            self._pull_job(request, dom, scratch, socket, out_path, run)
+        finally:
+            remove_socket_alias(socket)
+
+    def _pull_job(self, request, dom, scratch, socket, out_path, run):
+        xml = backup_xml(request.disk_dev, scratch,
+                         disk_targets(request.guest.get_xml_desc()),
+                         socket=socket)
+        try:
+            self._begin(request, dom, xml, run)
+            # NOTE: the copy is the job's work: it is bounded by the job's
+            # timeout, not by qemu_img_timeout.
+            timeout = CONF.snapdriver.block_job_timeout
+            # NOTE: qemu-img reports no progress we read; say where the
+            # copy starts and ends, as a push job's polls do.
+            run.progress('backup', 0, request.virtual_size)
+            try:
+                qemu_img.convert_from_nbd(
+                    qemu_img.nbd_unix_uri(socket, request.disk_dev),
+                    out_path, request.image_format,
+                    compress=request.compress, timeout=timeout)
+            except exception.QemuImgTimeout:
+                raise exception.BlockJobTimeout(
+                    job='backup', disk=request.disk_path, timeout=timeout)
+            # The export was read whole while the job ran only if the job
+            # still runs now (one aborted from outside could also end
+            # between two reads of a retrying client): abort_backup finds
+            # it before ending it.
+            if abort_backup(dom, request,
+                            lambda path: path == scratch) is None:
+                raise exception.BlockJobFailed(
+                    job='backup', disk=request.disk_path,
+                    reason='the pull-mode backup job ended before its '
+                           'export was read (aborted from outside?)')
+            wait_target_released(request, scratch)
+            run.progress('backup', request.virtual_size,
+                         request.virtual_size)
+        except Exception as e:
+            with excutils.save_and_reraise_exception():
+                self._on_failure(request, dom, scratch, e)
+        else:
+            _drop_completed_record(dom)
+            # NOTE: as in _backup: a failed copy-before-write held back a
+            # guest write but left the export's data intact.
+            resume_if_io_paused(dom, request)
+
+
+def _drop_completed_record(dom):
+    """Read (and so drop) libvirt's record of the pull job's end.
+
+    A pull-mode job ends by an abort, which libvirt records as a job that
+    ended with "Operation canceled"; a later push-mode snapshot reads its
+    own record, not this one, but a left record would still mislead a
+    person reading ``virsh domjobinfo --completed``.
+    """
+    try:
+        dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        pass

@@ -23,6 +23,7 @@ for those tests only.
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -59,13 +60,17 @@ from nova.virt.libvirt import guest as libvirt_guest
 
 from snapdriver import conf
 from snapdriver import guest_state
+from snapdriver import qemu_img
 from snapdriver import request as snap_request
 from snapdriver import runner
 from snapdriver.strategies import live_backup
 
-uri, uuid, snapdir = sys.argv[1:4]
+uri, uuid, snapdir, mode = sys.argv[1:5]
 conf.CONF([], project='nova')
 conf.CONF.set_override('snapshots_directory', snapdir, group='libvirt')
+conf.CONF.set_override('live_backup_mode', mode, group='snapdriver')
+if len(sys.argv) > 5:
+    qemu_img.QEMU_IMG = sys.argv[5]
 guest = libvirt_guest.Guest(libvirt.open(uri).lookupByUUIDString(uuid))
 request = snap_request.build(guest, image_format='qcow2')
 strategy = live_backup.LiveBackup()
@@ -93,11 +98,20 @@ def wait_for_backup(dom, timeout=60):
     return True
 
 
+#: Runs a test in each [snapdriver] live_backup_mode.
+MODES = [('push', {'mode': 'push'}), ('pull', {'mode': 'pull'})]
+
+
 class LiveBackupTestCase(base.DriverTestCase):
+
+    #: [snapdriver] live_backup_mode of the test; the job handling tests
+    #: below are about push mode's own job.
+    mode = 'push'
 
     def setUp(self):
         super().setUp()
-        self.flags(strategies=['live-backup'], group='snapdriver')
+        self.flags(strategies=['live-backup'], live_backup_mode=self.mode,
+                   group='snapdriver')
 
     def assert_no_backup_job(self, domain):
         self.assertFalse(backup_running(domain.dom),
@@ -112,7 +126,7 @@ class LiveBackupTestCase(base.DriverTestCase):
 
 class MatrixTestCase(LiveBackupTestCase):
 
-    scenarios = [
+    scenarios = testscenarios.multiply_scenarios(MODES, [
         ('%s-%s%s' % (state, fmt, '-compressed' if compress else ''),
          {'state': state, 'fmt': fmt, 'compress': compress})
         for state, fmt, compress in (
@@ -122,7 +136,7 @@ class MatrixTestCase(LiveBackupTestCase):
             ('paused', 'raw', False),
             ('running', 'qcow2', True),
         )
-    ]
+    ])
 
     def test_snapshot(self):
         self.flags(snapshot_image_format=self.fmt,
@@ -143,6 +157,8 @@ class MatrixTestCase(LiveBackupTestCase):
 
 
 class OtherDisksTestCase(LiveBackupTestCase):
+
+    scenarios = MODES
 
     def test_other_disks_are_left_out(self):
         """Only the root disk is copied; libvirt accepts the exclusions."""
@@ -230,7 +246,7 @@ class FaultTestCase(LiveBackupTestCase):
         with open(log_path, 'wb') as log:
             child = subprocess.Popen(
                 [sys.executable, '-c', _CHILD, real.LIBVIRT_URI,
-                 domain.uuid, self.snapshots_directory],
+                 domain.uuid, self.snapshots_directory, 'push'],
                 stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(child.wait)
         self.addCleanup(lambda: child.poll() is None and child.kill())
@@ -354,3 +370,143 @@ class TargetReleasedTestCase(LiveBackupTestCase):
         self.assertEqual([False], self.held_at_first_read)
         self.assert_image_equals_disk('image-1', 'qcow2', self.domain)
         self.assert_no_backup_job(self.domain)
+
+
+def slow_convert_qemu_img(directory):
+    """A qemu-img whose ``convert`` sleeps 30 s (and nothing else does)."""
+    path = os.path.join(directory, 'slow-convert-qemu-img')
+    with open(path, 'w') as f:
+        f.write('#!/bin/sh\ncase "$1" in convert) exec sleep 30;; esac\n'
+                'exec qemu-img "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
+class PullTestCase(LiveBackupTestCase):
+    """What is particular to pull mode: the export, its end, its faults."""
+
+    mode = 'pull'
+
+    def test_export_read_from_the_work_directory_then_ended(self):
+        domain = self.make_domain('running')
+        real_convert = qemu_img.convert_from_nbd
+        seen = {}
+
+        def convert(uri, *args, **kwargs):
+            # While qemu-img reads: the job runs, QEMU holds the scratch
+            # file and listens on the socket, both in the work directory.
+            scratch, = live_backup.running_backup_targets(domain.dom)
+            workdir = os.path.dirname(scratch)
+            sock = os.path.join(workdir, 'nbd', 'sock')
+            seen.update(
+                workdir=os.path.basename(workdir),
+                held=scratch in qemu_open_files(domain.uuid),
+                socket=stat_mode(sock), uri=uri,
+                modes=(stat_mode(workdir), stat_mode(workdir + '/nbd')))
+            return real_convert(uri, *args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert_from_nbd', convert))
+        self.snapshot(domain)
+
+        self.assertTrue(seen['workdir'].startswith(
+            'snapdriver-%s-%s-' % (domain.uuid, runner.host_label())))
+        self.assertTrue(seen['held'])
+        self.assertTrue(stat.S_ISSOCK(seen['socket']))
+        self.assertEqual((0o710, 0o730),
+                         tuple(m & 0o7777 for m in seen['modes']))
+        self.assertTrue(seen['uri'].startswith('nbd+unix:///vda?socket='))
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')
+        self.assert_no_backup_job(domain)
+        # Work directory and any socket alias are gone, and QEMU closed
+        # the scratch file before it was removed.
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assertEqual([], [p for p in qemu_open_files(domain.uuid)
+                              if p.startswith(self.snapshots_directory)])
+
+    def test_job_aborted_from_outside_fails_the_copy(self):
+        domain = self.make_domain('running')
+        real_convert = qemu_img.convert_from_nbd
+
+        def abort_then_convert(*args, **kwargs):
+            domain.dom.abortJob()
+            return real_convert(*args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert_from_nbd', abort_then_convert))
+        self.assertRaises(exception.QemuImgFailed, self.snapshot, domain)
+        self.assert_guest_intact(domain, 'running')
+        self.assert_no_backup_job(domain)
+        self.assertEqual({}, self.images.uploads)
+
+    def test_timeout_aborts_the_job(self):
+        self.flags(block_job_timeout=1, group='snapdriver')
+        domain = self.make_domain('running')
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.QEMU_IMG',
+            slow_convert_qemu_img(self.workdir)))
+        t0 = time.monotonic()
+        ex = self.assertRaises(exception.BlockJobTimeout, self.snapshot,
+                               domain)
+        self.assertIn('block_job_timeout', str(ex))
+        self.assertLess(time.monotonic() - t0, 20)
+        self.assert_guest_intact(domain, 'running')
+        self.assert_no_backup_job(domain)
+
+    def _kill_mid_copy(self, domain):
+        """Leave a pull job: SIGKILL a snapshot's process while it reads."""
+        log_path = os.path.join(self.workdir, 'child.log')
+        with open(log_path, 'wb') as log:
+            child = subprocess.Popen(
+                [sys.executable, '-c', _CHILD, real.LIBVIRT_URI,
+                 domain.uuid, self.snapshots_directory, 'pull',
+                 slow_convert_qemu_img(self.workdir)],
+                stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(child.wait)
+        self.addCleanup(lambda: child.poll() is None and child.kill())
+        if not wait_for_backup(domain.dom):
+            with open(log_path) as log:
+                self.fail('the child never started a backup: %s' %
+                          log.read())
+        # The job exists once backupBegin returns in the child; its export
+        # is read (here: never) after that.
+        time.sleep(0.5)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # A pull job never ends by itself.
+        self.assertTrue(backup_running(domain.dom))
+        self.assertNotEqual([], os.listdir(self.snapshots_directory))
+
+    def test_stale_job_of_killed_process_is_aborted(self):
+        domain = self.make_domain('running')
+        self._kill_mid_copy(domain)
+        logger = self.useFixture(fixtures.FakeLogger(
+            name='snapdriver.runner'))
+
+        self.snapshot(domain)
+
+        self.assertIn('Cleaned up backup job onto %s' %
+                      self.snapshots_directory, logger.output)
+        self.assert_image_equals_disk('image-1', 'qcow2', domain)
+        self.assert_guest_intact(domain, 'running')
+        self.assert_no_backup_job(domain)
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+
+    def test_service_start_ends_a_stale_job(self):
+        # What nova-compute's init_host() runs after a kill.
+        domain = self.make_domain('running')
+        self._kill_mid_copy(domain)
+        logger = self.useFixture(fixtures.FakeLogger(name='snapdriver'))
+
+        self.driver._clean_snapshot_leftovers()
+
+        self.assertIn('Cleaned up backup job onto %s' %
+                      self.snapshots_directory, logger.output)
+        self.assert_no_backup_job(domain)
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assert_guest_intact(domain, 'running')
+
+
+def stat_mode(path):
+    return os.lstat(path).st_mode

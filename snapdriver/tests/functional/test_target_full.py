@@ -38,6 +38,7 @@ import time
 import fixtures
 import libvirt
 from oslo_utils import units
+import testscenarios
 from testtools import content
 
 from snapdriver import exception
@@ -47,6 +48,8 @@ from snapdriver.strategies import live_backup
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
 from snapdriver.tests.functional import writer_guest
+
+load_tests = testscenarios.load_tests_apply_scenarios
 
 #: Size of the small work filesystem, and of the guest's (full) disk.
 WORK_FS_MIB = 320
@@ -128,7 +131,7 @@ class TargetFilesystemFullTestCase(base.DriverTestCase):
         self.snapshots_directory = self.workfs.path
         self.flags(snapshots_directory=self.workfs.path, group='libvirt')
         self.flags(strategies=['live-backup'], free_space_margin_mb=8,
-                   group='snapdriver')
+                   live_backup_mode='push', group='snapdriver')
         self.guest = self.useFixture(writer_guest.WriterGuest(
             disk_mib=DISK_MIB, rate=0, fs_disk=False, scatter=True,
             base_fill=True))
@@ -261,8 +264,94 @@ class TargetFilesystemFullTestCase(base.DriverTestCase):
             MAX_ATTEMPTS, outcomes))
 
 
+class PullTargetFilesystemFullTestCase(TargetFilesystemFullTestCase):
+    """The same fault in pull mode, where the scratch file takes the old
+    data of the blocks the guest rewrites.
+
+    A pull-mode job copies nothing by itself: the filesystem is filled
+    when qemu-img starts reading the export, and the read is held back
+    for SLOW_SECONDS while the guest rewrites scattered blocks, each first
+    write copying old data into the scratch file.
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.flags(live_backup_mode='pull', group='snapdriver')
+
+    def fill_once_the_copy_starts(self, free_for_the_output):
+        real_convert = qemu_img.convert_from_nbd
+        test = self
+
+        def convert(*args, **kwargs):
+            test.filled.append(test.workfs.fill())
+            seq = test.guest.latest_seq()
+            time.sleep(SLOW_SECONDS)
+            test.written_while_full = test.guest.latest_seq() - seq
+            if free_for_the_output:
+                # The output is counted by the preflight check but not
+                # reserved: a full filesystem fails the copy, never the
+                # guest.
+                os.unlink(os.path.join(test.workfs.path, 'filler'))
+            return real_convert(*args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert_from_nbd', convert))
+
+    def test_work_fs_fills_during_backup(self):
+        self.fill_once_the_copy_starts(free_for_the_output=True)
+        calls, sampler = self.snapshot(self.guest, sample=True)
+
+        self.assertEqual(1, len(self.filled), 'the fault was not injected')
+        self.assertLess(self.filled[0], units.Mi,
+                        'the work filesystem was not full')
+        # The guest rewrote blocks into the full filesystem: the reserved
+        # blocks of the scratch file took their old data.
+        self.assertGreater(self.written_while_full, 0)
+        self.assert_task_states(calls)
+        path = self.images.uploads['image-1']
+        self.assertEqual(DISK_MIB * units.Mi,
+                         qemu_img.info(path, 'qcow2').virtual_size)
+        self.assertIsNone(qemu_img.info(path, 'qcow2').backing_file)
+        self.assert_guest_never_stopped(sampler)
+        self.assertEqual([], self.workfs.listdir())
+
+    def test_guest_paused_anyway_is_resumed_and_said(self):
+        # Without the reservation the guest's first rewrite of a block
+        # meets the full filesystem (the job writes nothing of its own):
+        # QEMU pauses the guest, the safety net resumes it.
+        self.useFixture(fixtures.MockPatch('snapdriver.space.reserve'))
+        self.fill_once_the_copy_starts(free_for_the_output=False)
+        sampler = base.StateSampler(self.guest.uuid)
+        sampler.start()
+        try:
+            e = self.assertRaises(
+                exception.GuestPausedDuringSnapshot,
+                self.driver.snapshot, self.context,
+                self.make_instance(self.guest), 'image-1',
+                lambda *a, **k: None)
+        finally:
+            sampler.stop()
+        self.assertIn('paused', sampler.states)
+        self.assertIn('paused by an I/O error', str(e))
+        self.assertIn('was resumed', str(e))
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING,
+                         self.guest.dom.state()[0])
+        latest = self.guest.latest_seq()
+        self.guest.wait_for_seq(latest + RESUME_BLOCKS, timeout=60)
+        self.assertEqual({}, self.images.uploads)
+        self.assertEqual(['filler'], self.workfs.listdir())
+        self.assertFalse(live_backup.running_backup_targets(self.guest.dom))
+
+
 class ReservationTestCase(base.DriverTestCase):
-    """The reservation counts what other snapshots took meanwhile."""
+    """The reservation counts what other snapshots took meanwhile.
+
+    In push mode it is the target's, in pull mode the scratch file's (the
+    pull output, written by qemu-img, needs no reservation: a full
+    filesystem fails the copy, not the guest).
+    """
+
+    scenarios = [('push', {'mode': 'push'}), ('pull', {'mode': 'pull'})]
 
     def setUp(self):
         super().setUp()
@@ -272,11 +361,11 @@ class ReservationTestCase(base.DriverTestCase):
         self.snapshots_directory = self.workfs.path
         self.flags(snapshots_directory=self.workfs.path, group='libvirt')
         self.flags(strategies=['live-backup'], free_space_margin_mb=0,
-                   group='snapdriver')
+                   live_backup_mode=self.mode, group='snapdriver')
 
     def test_space_taken_after_preflight_fails_before_the_job(self):
         images = self.useFixture(real.DiskImages(
-            virtual_size=64 * units.Mi, data_size=24 * units.Mi))
+            virtual_size=64 * units.Mi, data_size=12 * units.Mi))
         domain = self.make_domain('running', images=images)
         real_create = qemu_img.create
         begun = []
@@ -306,7 +395,7 @@ class ReservationTestCase(base.DriverTestCase):
 
     def test_reservation_is_past_the_end_of_the_target(self):
         images = self.useFixture(real.DiskImages(
-            virtual_size=64 * units.Mi, data_size=24 * units.Mi))
+            virtual_size=64 * units.Mi, data_size=12 * units.Mi))
         domain = self.make_domain('running', images=images)
         seen = []
         real_begin = libvirt.virDomain.backupBegin

@@ -34,6 +34,7 @@ CONF = conf.CONF
 
 SNAPDIR = '/var/lib/nova/instances/snapshots'
 OUR_TARGET = SNAPDIR + '/snapdriver-4f2a-x1y2/image.qcow2'
+UUID = '4f2ab6c3-0d3e-4c55-8c9a-5b0d3f3e2c11'
 
 RUNNING = {'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
            'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP,
@@ -68,10 +69,11 @@ class FakeDomain(object):
     """
 
     def __init__(self, states=(NO_JOB,), done=None, target=OUR_TARGET,
-                 lib_version=9000000, qemu_version=7002000):
+                 lib_version=9000000, qemu_version=7002000, socket=None):
         self.states = list(states)
         self.done = done
         self.target = target
+        self.socket = socket
         self.aborted = 0
         self.begun = []
         self.active = True
@@ -107,7 +109,8 @@ class FakeDomain(object):
     def backupGetXMLDesc(self, flags=0):
         if self.states[0]['type'] == libvirt.VIR_DOMAIN_JOB_NONE:
             raise _libvirt_error(libvirt.VIR_ERR_NO_DOMAIN_BACKUP)
-        return live_backup.backup_xml('vda', self.target, ['vda'])
+        return live_backup.backup_xml('vda', self.target, ['vda'],
+                                      socket=self.socket)
 
     def backupBegin(self, xml, checkpoint, flags):
         self.begun.append((xml, flags))
@@ -122,8 +125,8 @@ def _request(dom=None, **changes):
     guest = mock.Mock()
     guest._domain = dom or FakeDomain()
     guest.get_xml_desc.return_value = DOMAIN_XML
-    return fakes.make_request(guest=guest, snapshots_directory=SNAPDIR,
-                              **changes)
+    changes.setdefault('snapshots_directory', SNAPDIR)
+    return fakes.make_request(guest=guest, **changes)
 
 
 class RulesTestCase(base.BaseTestCase):
@@ -240,6 +243,29 @@ class XmlTestCase(base.BaseTestCase):
         xml = live_backup.backup_xml('vda', path, ['vda'])
         self.assertEqual([path], live_backup.backup_targets(xml))
 
+    def test_pull_xml_exports_the_root_disk_on_a_unix_socket(self):
+        xml = live_backup.backup_xml('vda', '/w/scratch.qcow2',
+                                     ['vda', 'vdb'], socket='/w/nbd/sock')
+        root = ElementTree.fromstring(xml)
+        self.assertEqual('pull', root.get('mode'))
+        server = root.find('server')
+        self.assertEqual({'transport': 'unix', 'socket': '/w/nbd/sock'},
+                         dict(server.attrib))
+        disks = {d.get('name'): d for d in root.findall('./disks/disk')}
+        vda = disks['vda']
+        self.assertEqual({'name': 'vda', 'backup': 'yes', 'type': 'file',
+                          'exportname': 'vda'}, dict(vda.attrib))
+        self.assertEqual('qcow2', vda.find('driver').get('type'))
+        self.assertEqual('/w/scratch.qcow2', vda.find('scratch').get('file'))
+        self.assertIsNone(vda.find('target'))
+        self.assertEqual('no', disks['vdb'].get('backup'))
+
+    def test_backup_targets_lists_pull_scratch_files(self):
+        xml = live_backup.backup_xml('vda', '/w/scratch.qcow2', ['vda'],
+                                     socket='/w/nbd/sock')
+        self.assertEqual(['/w/scratch.qcow2'],
+                         live_backup.backup_targets(xml))
+
     def test_disk_targets_lists_every_disk_once(self):
         self.assertEqual(['vda', 'vdb', 'sda'],
                          live_backup.disk_targets(DOMAIN_XML))
@@ -260,7 +286,8 @@ class JobTestCase(base.BaseTestCase):
     def setUp(self):
         super().setUp()
         self.conf = self.useFixture(config_fixture.Config(CONF))
-        self.conf.config(block_job_poll_interval=0.01, group='snapdriver')
+        self.conf.config(block_job_poll_interval=0.01,
+                         live_backup_mode='push', group='snapdriver')
         self.strategy = live_backup.LiveBackup()
         self.progress = []
         self.reserve = self.useFixture(fixtures.MockPatch(
@@ -317,6 +344,15 @@ class JobTestCase(base.BaseTestCase):
                           request, dom, self.run_of(request))
         self.assertEqual(2, len(self.progress))
         fake_time.sleep.assert_called_once_with(0.01)
+
+    @mock.patch.object(live_backup, 'time')
+    def test_aborted_job_polled_soon_then_less_often(self, fake_time):
+        self.conf.config(block_job_poll_interval=0.1, group='snapdriver')
+        fake_time.monotonic.return_value = 0
+        dom = FakeDomain([RUNNING] * 7 + [NO_JOB])
+        live_backup._wait_backup_gone(dom, _request(dom))
+        self.assertEqual([0.005, 0.01, 0.02, 0.04, 0.08, 0.1],
+                         [c[0][0] for c in fake_time.sleep.call_args_list])
 
     @mock.patch.object(live_backup.qemu_img, 'create')
     def test_capture_aborts_the_job_when_polling_fails(self, create):
@@ -381,12 +417,12 @@ class JobTestCase(base.BaseTestCase):
 
     @mock.patch.object(live_backup.qemu_img, 'measure')
     def test_space_needed(self, measure):
-        measure.side_effect = lambda src, fmt, out: {'qcow2': 10,
-                                                     'raw': 100}[out]
-        # The backup target's reservation, plus the converted output.
+        measure.side_effect = lambda src, fmt, out: {'qcow2': 10}[out]
+        # The backup target's reservation, plus the converted output (a
+        # raw one needs the virtual size).
         target = space.reservation_for(10)
         self.assertEqual(target, self.strategy.space_needed(_request()))
-        self.assertEqual(target + 100, self.strategy.space_needed(
+        self.assertEqual(target + (1 << 30), self.strategy.space_needed(
             _request(image_format='raw')))
         self.assertEqual(target + 10, self.strategy.space_needed(
             _request(compress=True)))
@@ -482,8 +518,7 @@ class TargetReleaseTestCase(base.BaseTestCase):
         e = self.assertRaises(exception.BlockJobFailed,
                               live_backup.wait_target_released,
                               _request(), '/snap/dir/backup.qcow2')
-        self.assertIn('still had the backup target /snap/dir/backup.qcow2',
-                      str(e))
+        self.assertIn('still had /snap/dir/backup.qcow2 open', str(e))
         holds.assert_called_with(4242, '/snap/dir/backup.qcow2')
 
     @mock.patch.object(live_backup, 'holds_file',
@@ -498,3 +533,253 @@ class TargetReleaseTestCase(base.BaseTestCase):
         with open(__file__) as f:
             self.assertTrue(live_backup.holds_file(os.getpid(), f.name))
         self.assertFalse(live_backup.holds_file(os.getpid(), __file__))
+
+
+class PullTestCase(base.BaseTestCase):
+    """live_backup_mode = pull, in a real temporary snapshots directory."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.conf.config(block_job_poll_interval=0.01, block_job_timeout=77,
+                         live_backup_mode='pull', group='snapdriver')
+        self.snapdir = self.useFixture(fixtures.TempDir()).path
+        self.disk = os.path.join(self.snapdir, 'disk')
+        open(self.disk, 'w').close()
+        self.workdir = os.path.join(
+            self.snapdir, 'snapdriver-%s-host-abcdefgh' % UUID)
+        os.mkdir(self.workdir)
+        self.out = os.path.join(self.workdir, 'image.qcow2')
+        self.scratch = os.path.join(self.workdir, 'scratch.qcow2')
+        self.strategy = live_backup.LiveBackup()
+        self.events = []
+        self.reserve = self.useFixture(fixtures.MockPatch(
+            'snapdriver.space.reserve', side_effect=lambda path, *a, **k:
+            self.events.append(('reserve', path)))).mock
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.measure', return_value=10 * units.Mi))
+        self.create = self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.create')).mock
+        self.convert = self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.convert_from_nbd',
+            side_effect=lambda *a, **k: self.events.append(
+                ('convert', os.path.exists(self.workdir + '/nbd'))))).mock
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.strategies.live_backup.qemu_pid',
+            return_value=None))
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.runner.host_label', return_value='host'))
+
+    def domain(self):
+        dom = FakeDomain([NO_JOB], target=self.scratch,
+                         socket=self.workdir + '/nbd/sock')
+        begin, abort = dom.backupBegin, dom.abortJob
+
+        def backup_begin(xml, checkpoint, flags):
+            self.events.append(('begin',))
+            begin(xml, checkpoint, flags)
+            dom.states = [dict(RUNNING)]
+
+        def abort_job():
+            self.events.append(('abort',))
+            abort()
+
+        dom.backupBegin = backup_begin
+        dom.abortJob = abort_job
+        return dom
+
+    def request(self, dom, **changes):
+        return _request(dom, snapshots_directory=self.snapdir,
+                        disk_path=self.disk, **changes)
+
+    def capture(self, request):
+        self.progress = []
+        run = runner.SnapshotRun(
+            request, self.strategy,
+            progress=lambda *args: self.progress.append(args))
+        self.strategy.capture(request, self.out, run)
+        return run
+
+    def test_job_exported_read_then_ended(self):
+        dom = self.domain()
+        run = self.capture(self.request(dom))
+        self.assertEqual([('reserve', self.scratch), ('begin',),
+                          ('convert', True), ('abort',)], self.events)
+        (xml, flags), = dom.begun
+        self.assertEqual(libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
+                         flags)
+        root = ElementTree.fromstring(xml)
+        sock = self.workdir + '/nbd/sock'
+        self.assertEqual(sock, root.find('server').get('socket'))
+        self.assertEqual([self.scratch], live_backup.backup_targets(xml))
+        self.create.assert_called_once_with(self.scratch, 'qcow2', 1 << 30)
+        self.reserve.assert_called_once_with(
+            self.scratch, space.reservation_for(10 * units.Mi),
+            instance=None)
+        self.convert.assert_called_once_with(
+            'nbd+unix:///vda?socket=' + sock, self.out, 'qcow2',
+            compress=False, timeout=77)
+        self.assertIsNotNone(run.point_in_time)
+        self.assertEqual([('backup', 0, 1 << 30), ('backup', 1 << 30,
+                                                   1 << 30)], self.progress)
+        self.assertIsNone(dom.done, 'the completed-job record was kept')
+        st = os.stat(self.workdir + '/nbd')
+        self.assertEqual(0o730, st.st_mode & 0o7777)
+        self.assertEqual(os.stat(self.disk).st_gid, st.st_gid)
+
+    def test_raw_and_compressed_outputs_are_read_directly(self):
+        for changes in ({'image_format': 'raw'}, {'compress': True}):
+            self.convert.reset_mock()
+            self.capture(self.request(self.domain(), **changes))
+            self.assertEqual(
+                (changes.get('image_format', 'qcow2'),
+                 changes.get('compress', False)),
+                (self.convert.call_args[0][2],
+                 self.convert.call_args[1]['compress']))
+            os.rmdir(self.workdir + '/nbd')
+
+    def test_failed_copy_ends_the_job(self):
+        dom = self.domain()
+        self.convert.side_effect = exception.QemuImgFailed(
+            action='convert', path='nbd', reason='boom')
+        self.assertRaises(exception.QemuImgFailed, self.capture,
+                          self.request(dom))
+        self.assertEqual(1, dom.aborted)
+        self.assertFalse(live_backup.running_backup_targets(dom))
+
+    def test_guest_paused_by_io_error_is_resumed_and_said(self):
+        dom = self.domain()
+        dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
+                         libvirt.VIR_DOMAIN_PAUSED_IOERROR)
+        self.convert.side_effect = exception.QemuImgFailed(
+            action='convert', path='nbd', reason='boom')
+        ex = self.assertRaises(exception.GuestPausedDuringSnapshot,
+                               self.capture, self.request(dom))
+        self.assertEqual(1, dom.resumed)
+        self.assertEqual(1, dom.aborted)
+        self.assertIn('was resumed', str(ex))
+
+    def test_copy_timeout_is_the_job_timeout(self):
+        dom = self.domain()
+        self.convert.side_effect = exception.QemuImgTimeout(
+            action='convert', path='nbd', timeout=77)
+        ex = self.assertRaises(exception.BlockJobTimeout, self.capture,
+                               self.request(dom))
+        self.assertIn('block_job_timeout', str(ex))
+        self.assertEqual(1, dom.aborted)
+
+    def test_job_gone_before_the_end_of_the_copy_fails(self):
+        dom = self.domain()
+
+        def copy_then_job_gone(*args, **kwargs):
+            dom.states = [NO_JOB]
+        self.convert.side_effect = copy_then_job_gone
+        ex = self.assertRaises(exception.BlockJobFailed, self.capture,
+                               self.request(dom))
+        self.assertIn('ended before its export was read', str(ex))
+
+    def test_reservation_failure_never_begins_the_job(self):
+        dom = self.domain()
+        self.reserve.side_effect = exception.InsufficientSnapshotSpace(
+            path=self.snapdir, needed_mb=10, margin_mb=0, free_mb=1)
+        self.assertRaises(exception.InsufficientSnapshotSpace,
+                          self.capture, self.request(dom))
+        self.assertEqual([], dom.begun)
+
+    def test_space_needed_is_the_scratch_and_the_output(self):
+        with mock.patch.object(live_backup.qemu_img, 'measure',
+                               side_effect=lambda src, fmt, out: {
+                                   'qcow2': 10, 'raw': 100}[out]):
+            self.assertEqual(space.reservation_for(10) + 10,
+                             self.strategy.space_needed(self.request(
+                                 self.domain())))
+            self.assertEqual(space.reservation_for(10) + (1 << 30),
+                             self.strategy.space_needed(self.request(
+                                 self.domain(), image_format='raw')))
+
+    def test_disk_measured_once_per_snapshot(self):
+        # The preflight check and the reservation ask the same question:
+        # one qemu-img measure answers both.
+        request = self.request(self.domain())
+        with mock.patch.object(live_backup.qemu_img, 'measure',
+                               return_value=10) as measure:
+            self.strategy.space_needed(request)
+            self.capture(request)
+        measure.assert_called_once_with(self.disk, 'qcow2', 'qcow2')
+
+    def test_long_socket_path_goes_through_a_short_alias(self):
+        workdir = os.path.join(self.snapdir, 'snapdriver-' + 'w' * 120)
+        os.mkdir(workdir)
+        sock = live_backup.socket_path(workdir, self.disk)
+        alias = os.path.dirname(sock)
+        self.assertLessEqual(len(sock), live_backup.SOCKET_PATH_MAX)
+        self.assertEqual(self.snapdir, os.path.dirname(alias))
+        self.assertTrue(os.path.basename(alias).startswith(
+            'snapdriver-nbd-'))
+        self.assertEqual(os.path.basename(workdir) + '/nbd',
+                         os.readlink(alias))
+        self.assertTrue(os.path.samefile(workdir + '/nbd', alias))
+        live_backup.remove_socket_alias(sock)
+        self.assertFalse(os.path.lexists(alias))
+        self.assertTrue(os.path.isdir(workdir + '/nbd'))
+
+    def test_clean_leftovers_removes_stale_aliases_only(self):
+        os.mkdir(self.workdir + '/nbd')
+        other = os.path.join(self.snapdir, 'snapdriver-other-host-x')
+        os.makedirs(other + '/nbd')
+        links = {}
+        for name, target in (('ours', os.path.basename(self.workdir)),
+                             ('gone', 'snapdriver-gone'),
+                             ('other', os.path.basename(other))):
+            links[name] = os.path.join(self.snapdir,
+                                       'snapdriver-nbd-' + name)
+            os.symlink(target + '/nbd', links[name])
+        items = self.strategy.clean_leftovers(self.request(FakeDomain()))
+        self.assertEqual(sorted('socket alias %s' % links[n]
+                                for n in ('gone', 'ours')), sorted(items))
+        self.assertTrue(os.path.islink(links['other']))
+
+    def test_clean_leftovers_aborts_a_stale_pull_job(self):
+        dom = FakeDomain([RUNNING], target=self.scratch,
+                         socket=self.workdir + '/nbd/sock')
+        items = self.strategy.clean_leftovers(self.request(dom))
+        self.assertEqual(['backup job onto %s' % self.scratch], items)
+        self.assertEqual(1, dom.aborted)
+
+
+class ModeTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.strategy = live_backup.LiveBackup()
+        self.snapdir = self.useFixture(fixtures.TempDir()).path
+        self.disk = os.path.join(self.snapdir, 'disk')
+        open(self.disk, 'w').close()
+
+    def mode(self, snapdir=None):
+        return self.strategy._mode(_request(
+            disk_path=self.disk, snapshots_directory=snapdir or SNAPDIR))
+
+    def test_push_is_the_default(self):
+        self.assertEqual('push', CONF.snapdriver.live_backup_mode)
+        self.assertEqual('push', self.mode())
+
+    def test_pull_when_configured(self):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
+        self.assertEqual('pull', self.mode())
+
+    @mock.patch('os.getgroups', return_value=[])
+    @mock.patch('os.getegid', return_value=4321)
+    @mock.patch('os.geteuid', return_value=1234)
+    def test_push_when_the_socket_would_be_out_of_reach(self, *mocks):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
+        self.assertEqual('push', self.mode())
+        with mock.patch('os.getgroups',
+                        return_value=[os.stat(self.disk).st_gid]):
+            self.assertEqual('pull', self.mode())
+
+    def test_push_when_even_the_alias_path_is_too_long(self):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
+        self.assertEqual('push', self.mode('/' + 'd' * 100))
+        self.assertEqual('pull', self.mode('/' + 'd' * 60))
