@@ -964,7 +964,10 @@ class Bench(object):
                              virt_type='kvm' if real.kvm_usable()
                              else 'qemu',
                              snapshot_image_format=self.args.image_format,
+                             snapshot_compression=self.args.compress,
                              group='libvirt')
+            self.conf.config(compression_type=self.args.compression_type,
+                             group='snapdriver')
             self.disk_modes = self.disk_modes_for(self.args.cache_mode,
                                                   self.args.disk_io)
             self.log('Disks: cache=%s io=%s (--cache-mode %s --disk-io %s)',
@@ -1661,6 +1664,13 @@ def parse_args(argv):
     parser.add_argument('--image-format', default='qcow2',
                         choices=('qcow2', 'raw'),
                         help='[libvirt] snapshot_image_format')
+    parser.add_argument('--compress', action='store_true',
+                        help='[libvirt] snapshot_compression = True (stock '
+                             'and every strategy)')
+    parser.add_argument('--compression-type', default='zlib',
+                        choices=('zlib', 'zstd'),
+                        help='[snapdriver] compression_type (the '
+                             'strategies; stock always uses zlib)')
     parser.add_argument('--cache', default='cold',
                         choices=('cold', 'cold-all', 'warm'),
                         help='cold (default): write back and drop the '
@@ -1789,6 +1799,8 @@ def main(argv=None):
             'default_strategy': default_strategy(args.strategy_list),
             'repeat': args.repeat, 'strategies': args.strategy_list,
             'states': args.state_list, 'image_format': args.image_format,
+            'compress': args.compress,
+            'compression_type': args.compression_type,
             'cache': bench.cache,
             'upload_dir': args.upload_dir,
             'sample_interval': SAMPLE_INTERVAL,
