@@ -18,7 +18,10 @@ Neutron (the ports of a server when it is deleted or its network info
 cache is healed, the extension list, security groups of a server shown).
 This WSGI application answers every such read as a Neutron with nothing
 in it would: an empty collection for ``GET /v2.0/<collection>``, 404 for
-one resource, and refuses every write with 403, so that a call that would
+one resource, unlimited quotas for ``GET /v2.0/quotas/<project>`` (a
+request without ``networks``, below microversion 2.37, makes nova-api
+check the project's port quota, as tempest's servers do), and refuses
+every write with 403, so that a call that would
 need a real network fails loudly instead of pretending. Every request is
 logged (``SNAPDRIVER_NEUTRON_STANDIN_LOG``, one line each) so that the box
 can show exactly which calls Nova made.
@@ -32,6 +35,10 @@ import os
 import time
 
 _VERSIONS = {'versions': [{'id': 'v2.0', 'status': 'CURRENT', 'links': []}]}
+#: A project's quotas: -1, unlimited, as Neutron says it.
+_QUOTA = {'quota': {name: -1 for name in (
+    'network', 'subnet', 'port', 'router', 'floatingip', 'security_group',
+    'security_group_rule')}}
 
 
 def _log(environ, status):
@@ -66,6 +73,8 @@ def application(environ, start_response):
         # A collection: nothing in it (ports, networks, extensions,
         # security-groups, floatingips, ...).
         status, body = '200 OK', {parts[1].replace('-', '_'): []}
+    elif len(parts) == 3 and parts[1] == 'quotas':
+        status, body = '200 OK', _QUOTA
     else:
         status = '404 Not Found'
         body = {'NeutronError': {'type': 'NotFound',

@@ -60,6 +60,13 @@ class NeutronStandinTest(testtools.TestCase):
         self.assertEqual('404 Not Found', status)
         self.assertEqual('NotFound', body['NeutronError']['type'])
 
+    def test_quotas_are_unlimited(self):
+        # nova-api reads the port quota of a server's project when the
+        # request names no networks (microversion < 2.37).
+        status, body = _call('GET', '/v2.0/quotas/e3f70d50ba86')
+        self.assertEqual('200 OK', status)
+        self.assertEqual(-1, body['quota']['port'])
+
     def test_writes_are_refused(self):
         status, body = _call('POST', '/v2.0/ports')
         self.assertEqual('403 Forbidden', status)
