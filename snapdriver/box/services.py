@@ -809,8 +809,16 @@ class Box(object):
     # -- Nova ----------------------------------------------------------
 
     def _nova_sections(self, with_db):
+        # NOTE: domain names of this box's own: two boxes (or a box and a
+        # deployment) on one libvirtd would otherwise both count
+        # instance-00000001 onwards, and one server of each fail to boot.
+        if 'name_prefix' not in self.state:
+            self.state['name_prefix'] = 'snapbox-%s' % os.urandom(3).hex()
+            self.save()
         s = {
             'DEFAULT': {
+                'instance_name_template': '%s-%%08x' % (
+                    self.state['name_prefix']),
                 'transport_url': self.transport_url,
                 'state_path': self.path('nova-state'),
                 'instances_path': self.instances_path,
