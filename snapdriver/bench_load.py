@@ -661,11 +661,12 @@ def _brief(run):
     if run['error']:
         return 'FAILED: %s' % run['error']
     ok = [m for m in run['members'] if m['verified']]
-    return ('%s: %d/%d verified, per snapshot median %.2f s max %.2f s, '
+    seconds = [m['seconds'] for m in run['members']
+               if m.get('seconds') is not None and not m['error']]
+    return ('%s: %d/%d verified, per snapshot median %s s max %s s, '
             'wall %.2f s, foreign touches %d' % (
                 'ok' if run['ok'] else 'NOT OK', len(ok), len(run['members']),
-                _median([m.get('seconds') for m in run['members']]),
-                max(m.get('seconds') or 0 for m in run['members']),
+                _f(_median(seconds)), _f(max(seconds, default=None)),
                 run['wall_seconds'], len(run['foreign_touches'])))
 
 

@@ -19,6 +19,7 @@ every image, and that one snapshot failing leaves its neighbours alone
 (their jobs, files and images).
 """
 
+import contextlib
 import os
 import threading
 
@@ -27,6 +28,7 @@ import libvirt
 from oslo_utils import units
 import testscenarios
 
+from snapdriver import bench_load
 from snapdriver import conf
 from snapdriver import exception
 from snapdriver.tests.functional import base
@@ -53,9 +55,11 @@ class ConcurrentInstancesTestCase(base.DriverTestCase):
                                  data_size=16 * units.Mi)))
             for i in range(self.N)]
 
-    def snapshot_all(self):
+    def snapshot_all(self, touches=None):
         """Snapshot every domain at once, behind Nova's semaphore.
 
+        :param touches: a :class:`bench_load.Touches` to attribute each
+            thread's job aborts and file removals to its domain.
         :returns: {index: the exception raised, or None}
         """
         semaphore = threading.Semaphore(
@@ -65,7 +69,9 @@ class ConcurrentInstancesTestCase(base.DriverTestCase):
 
         def one(i):
             barrier.wait()
-            with semaphore:
+            acting = (touches.acting_for(self.domains[i].uuid)
+                      if touches else contextlib.nullcontext())
+            with semaphore, acting:
                 try:
                     self.snapshot(self.domains[i], image_id='image-%d' % i)
                     results[i] = None
@@ -123,4 +129,20 @@ class ConcurrentInstancesTestCase(base.DriverTestCase):
             self.assertIsNone(results[i], 'neighbour %d failed' % i)
             self.assert_neighbour_done(i)
             self.assertEqual(states[i], self.domains[i].state())
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+
+    def test_one_times_out_mid_job_neighbours_unaffected(self):
+        """Its cleanup aborts its own job, never a neighbour's."""
+        victim = self.domains[0]
+        states = [d.state() for d in self.domains]
+        touches = bench_load.Touches(self.snapshots_directory)
+        with touches.spying(), bench_load.injected('timeout', victim.uuid):
+            results = self.snapshot_all(touches)
+        self.assertIsInstance(results[0], exception.BlockJobTimeout)
+        self.assertEqual([], touches.foreign)
+        self.assertNotIn('image-0', self.images.uploads)
+        self.assertEqual(states[0], victim.state())
+        for i in range(1, self.N):
+            self.assertIsNone(results[i], 'neighbour %d failed' % i)
+            self.assert_neighbour_done(i)
         self.assertEqual([], os.listdir(self.snapshots_directory))
