@@ -1289,7 +1289,8 @@ def main(argv=None):
     if args.writer:
         return writer_main(args, argv)
     if args.load_list:
-        return bench_load.main(args, argv, host_facts, make_instance)
+        return bench_load.main(args, argv, host_facts, make_instance,
+                               recorded_runs)
 
     cases = build_cases(args.strategy_list, args.state_list)
     if args.no_stock:
