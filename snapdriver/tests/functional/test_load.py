@@ -12,16 +12,18 @@
 
 """Several instances of one host snapshotted at once.
 
-Nova's compute manager admits ``[DEFAULT] max_concurrent_snapshots``
-snapshots at a time (a semaphore around ``driver.snapshot()``); the tests
-do the same with real domains and the default strategy order, and check
+Nova's compute manager admits concurrent snapshots through its
+``_snapshot_semaphore`` (of ``[DEFAULT] max_concurrent_snapshots`` in
+eventlet mode) and its ``LONG_TASK`` executor (the limit in native
+threading mode); the tests do the same
+(:class:`snapdriver.bench_load.ComputeManagerAdmission`) with real domains
+and the default strategy order, and check
 every image, and that one snapshot failing leaves its neighbours alone
 (their jobs, files and images).
 """
 
 import contextlib
 import os
-import threading
 
 import fixtures
 import libvirt
@@ -29,7 +31,6 @@ from oslo_utils import units
 import testscenarios
 
 from snapdriver import bench_load
-from snapdriver import conf
 from snapdriver import exception
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
@@ -56,36 +57,24 @@ class ConcurrentInstancesTestCase(base.DriverTestCase):
             for i in range(self.N)]
 
     def snapshot_all(self, touches=None):
-        """Snapshot every domain at once, behind Nova's semaphore.
+        """Snapshot every domain at once, admitted as Nova's manager does.
 
         :param touches: a :class:`bench_load.Touches` to attribute each
             thread's job aborts and file removals to its domain.
         :returns: {index: the exception raised, or None}
         """
-        semaphore = threading.Semaphore(
-            conf.CONF.max_concurrent_snapshots)
-        barrier = threading.Barrier(self.N)
-        results = {}
+        admission = bench_load.ComputeManagerAdmission()
+        self.addCleanup(admission.close)
+        self.assertGreaterEqual(admission.limit, self.N)
 
         def one(i):
-            barrier.wait()
             acting = (touches.acting_for(self.domains[i].uuid)
                       if touches else contextlib.nullcontext())
-            with semaphore, acting:
-                try:
-                    self.snapshot(self.domains[i], image_id='image-%d' % i)
-                    results[i] = None
-                except Exception as e:
-                    results[i] = e
+            with acting:
+                self.snapshot(self.domains[i], image_id='image-%d' % i)
 
-        threads = [threading.Thread(target=one, args=(i,))
-                   for i in range(self.N)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-        self.assertEqual(self.N, len(results), 'a snapshot never returned')
-        return results
+        futures = [admission.submit(one, i) for i in range(self.N)]
+        return {i: future.result(600)[2] for i, future in enumerate(futures)}
 
     def assert_neighbour_done(self, i):
         domain = self.domains[i]
