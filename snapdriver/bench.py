@@ -53,6 +53,10 @@ prefix of the writes (``writer_guest.scan_image``)::
     python -m snapdriver.bench --writer --repeat 3
 
 and writes ``writer-results.json`` and ``writer-results.md``.
+
+With ``--load 1,2,4,8`` it snapshots N guests at once instead
+(:mod:`snapdriver.bench_load`) and writes ``load-results.json`` and
+``load-results.md``.
 """
 
 import argparse
@@ -90,6 +94,7 @@ from oslo_utils import units
 from oslo_utils import uuidutils
 import stevedore
 
+from snapdriver import bench_load
 from snapdriver import conf
 from snapdriver import driver as snap_driver
 from snapdriver import guest_state
@@ -1700,7 +1705,9 @@ def parse_args(argv):
     writer.add_argument('--writer-rate', type=int, default=WRITER_RATE,
                         help='blocks per second the writer writes '
                              '(default %(default)s)')
+    bench_load.add_arguments(parser)
     args = parser.parse_args(argv)
+    bench_load.check_args(parser, args)
     try:
         args.size_list = [float(s) for s in args.sizes.split(',')
                           if s.strip()]
@@ -1765,6 +1772,9 @@ def main(argv=None):
 
     if args.writer:
         return writer_main(args, argv)
+    if args.load_list:
+        return bench_load.main(args, argv, host_facts, make_instance,
+                               recorded_runs)
 
     cases = build_cases(args.strategy_list, args.state_list)
     if args.no_stock:

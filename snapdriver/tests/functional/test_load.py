@@ -12,22 +12,25 @@
 
 """Several instances of one host snapshotted at once.
 
-Nova's compute manager admits ``[DEFAULT] max_concurrent_snapshots``
-snapshots at a time (a semaphore around ``driver.snapshot()``); the tests
-do the same with real domains and the default strategy order, and check
+Nova's compute manager admits concurrent snapshots through its
+``_snapshot_semaphore`` (of ``[DEFAULT] max_concurrent_snapshots`` in
+eventlet mode) and its ``LONG_TASK`` executor (the limit in native
+threading mode); the tests do the same
+(:class:`snapdriver.bench_load.ComputeManagerAdmission`) with real domains
+and the default strategy order, and check
 every image, and that one snapshot failing leaves its neighbours alone
 (their jobs, files and images).
 """
 
+import contextlib
 import os
-import threading
 
 import fixtures
 import libvirt
 from oslo_utils import units
 import testscenarios
 
-from snapdriver import conf
+from snapdriver import bench_load
 from snapdriver import exception
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
@@ -53,33 +56,25 @@ class ConcurrentInstancesTestCase(base.DriverTestCase):
                                  data_size=16 * units.Mi)))
             for i in range(self.N)]
 
-    def snapshot_all(self):
-        """Snapshot every domain at once, behind Nova's semaphore.
+    def snapshot_all(self, touches=None):
+        """Snapshot every domain at once, admitted as Nova's manager does.
 
+        :param touches: a :class:`bench_load.Touches` to attribute each
+            thread's job aborts and file removals to its domain.
         :returns: {index: the exception raised, or None}
         """
-        semaphore = threading.Semaphore(
-            conf.CONF.max_concurrent_snapshots)
-        barrier = threading.Barrier(self.N)
-        results = {}
+        admission = bench_load.ComputeManagerAdmission()
+        self.addCleanup(admission.close)
+        self.assertGreaterEqual(admission.limit, self.N)
 
         def one(i):
-            barrier.wait()
-            with semaphore:
-                try:
-                    self.snapshot(self.domains[i], image_id='image-%d' % i)
-                    results[i] = None
-                except Exception as e:
-                    results[i] = e
+            acting = (touches.acting_for(self.domains[i].uuid)
+                      if touches else contextlib.nullcontext())
+            with acting:
+                self.snapshot(self.domains[i], image_id='image-%d' % i)
 
-        threads = [threading.Thread(target=one, args=(i,))
-                   for i in range(self.N)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(600)
-        self.assertEqual(self.N, len(results), 'a snapshot never returned')
-        return results
+        futures = [admission.submit(one, i) for i in range(self.N)]
+        return {i: future.result(600)[2] for i, future in enumerate(futures)}
 
     def assert_neighbour_done(self, i):
         domain = self.domains[i]
@@ -123,4 +118,20 @@ class ConcurrentInstancesTestCase(base.DriverTestCase):
             self.assertIsNone(results[i], 'neighbour %d failed' % i)
             self.assert_neighbour_done(i)
             self.assertEqual(states[i], self.domains[i].state())
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+
+    def test_one_times_out_mid_job_neighbours_unaffected(self):
+        """Its cleanup aborts its own job, never a neighbour's."""
+        victim = self.domains[0]
+        states = [d.state() for d in self.domains]
+        touches = bench_load.Touches(self.snapshots_directory)
+        with touches.spying(), bench_load.injected('timeout', victim.uuid):
+            results = self.snapshot_all(touches)
+        self.assertIsInstance(results[0], exception.BlockJobTimeout)
+        self.assertEqual([], touches.foreign)
+        self.assertNotIn('image-0', self.images.uploads)
+        self.assertEqual(states[0], victim.state())
+        for i in range(1, self.N):
+            self.assertIsNone(results[i], 'neighbour %d failed' % i)
+            self.assert_neighbour_done(i)
         self.assertEqual([], os.listdir(self.snapshots_directory))
