@@ -229,16 +229,23 @@ def quiesced(request, record=None):
     stock driver logs and continues even then, which silently breaks the
     promise the image property makes). The thaw always follows.
 
-    :param record: a dict that receives ``frozen_seconds``, or ``None``.
+    :param record: a dict that receives ``frozen_seconds`` and
+        ``frozen_filesystems``, or ``None``.
     """
     frozen = False
     if can_quiesce(request) is None:
         try:
-            request.guest.freeze_filesystems()
+            # NOTE: virDomainFSFreeze itself, not Guest.freeze_filesystems:
+            # Nova's wrapper drops the number of filesystems frozen, and a
+            # guest whose agent freezes none (no filesystem on its disks)
+            # gives a crash-consistent image, not a quiesced one.
+            count = request.guest._domain.fsFreeze()
             frozen = True
             t0 = time.monotonic()
-            LOG.info('Froze the guest filesystems (quiesce)',
-                     instance=request.instance)
+            if record is not None:
+                record['frozen_filesystems'] = count
+            LOG.info('Froze %(count)s guest filesystems (quiesce)',
+                     {'count': count}, instance=request.instance)
         except Exception as e:
             if requires_quiesce(request):
                 raise exception.QuiesceRequired(instance=request.label,
@@ -251,7 +258,7 @@ def quiesced(request, record=None):
     finally:
         if frozen:
             try:
-                request.guest.thaw_filesystems()
+                request.guest._domain.fsThaw()
                 LOG.info('Thawed the guest filesystems after %.3f s',
                          time.monotonic() - t0, instance=request.instance)
             finally:

@@ -81,7 +81,9 @@ def consistency(run):
         # A live strategy on a shut-off guest (a third-party one may
         # accept it): nothing was writing.
         return COLD
-    if 'frozen_seconds' in run.quiesce:
+    if ('frozen_seconds' in run.quiesce and
+            run.quiesce.get('frozen_filesystems') != 0):
+        # NOTE: an agent that froze no filesystem quiesced nothing.
         return QUIESCED
     return CRASH
 

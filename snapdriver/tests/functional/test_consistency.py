@@ -170,25 +170,26 @@ class ConsistencyTestCase(base.DriverTestCase):
     def kill_agent_at_freeze(self, guest):
         """Kill qemu-ga when a snapshot asks for the freeze, then freeze.
 
-        Both drivers freeze through Nova's ``Guest.freeze_filesystems``;
-        the real one runs after the agent is gone, past every preflight
-        (the guest-ping of ``os_require_quiesce`` included).
+        Both drivers freeze through ``virDomain.fsFreeze`` (the stock one
+        through Nova's ``Guest.freeze_filesystems``); the real one runs
+        after the agent is gone, past every preflight (the guest-ping of
+        ``os_require_quiesce`` included).
 
         :returns: a list that receives, per freeze asked for, the block
             job of ``vda`` and whether its mirror was ready at that moment.
         """
-        real_freeze = libvirt_guest.Guest.freeze_filesystems
+        real_freeze = libvirt.virDomain.fsFreeze
         seen = []
 
-        def freeze(nova_guest):
+        def freeze(dom, *args, **kwargs):
             seen.append({'job': guest.dom.blockJobInfo('vda', 0),
                          'mirror_ready': "ready='yes'" in
                          guest.dom.XMLDesc(0)})
             self.kill_agent(guest)
-            return real_freeze(nova_guest)
+            return real_freeze(dom, *args, **kwargs)
 
         self.useFixture(fixtures.MonkeyPatch(
-            'nova.virt.libvirt.guest.Guest.freeze_filesystems', freeze))
+            'libvirt.virDomain.fsFreeze', freeze))
         return seen
 
     def captured_request(self, guest, image_properties):

@@ -66,6 +66,15 @@ class PropertiesTestCase(base.BaseTestCase):
                          props['snapdriver_consistency'])
         self.assertEqual('live-shallow-rebase', props['snapdriver_strategy'])
 
+    def test_live_no_filesystem_frozen_is_crash_consistent(self):
+        run = runner.SnapshotRun(
+            fakes.make_request(),
+            _strategy(live_backup.LiveBackup, 'live-backup'))
+        run.point_in_time = time.time()
+        run.quiesce.update(frozen_seconds=0.002, frozen_filesystems=0)
+        props = provenance.properties(run)
+        self.assertEqual('crash', props['snapdriver_consistency'])
+
     def test_cold_running_guest_is_the_end_of_the_managed_save(self):
         run = runner.SnapshotRun(
             fakes.make_request(),
