@@ -145,9 +145,10 @@ class TempestRun(object):
         tempest = services._bin('tempest')
         global_etc = self.box.path('tempest-etc')
         os.makedirs(global_etc)
+        registry = self.box.path('tempest-workspace.yaml')
         rc = _call([tempest, 'init', '--config-dir', global_etc,
-                    '--workspace-path', self.box.path('tempest-workspaces'),
-                    '--name', 'snapdriver-box', self.workspace], self.box.dir)
+                    '--workspace-path', registry, '--name', 'snapdriver-box',
+                    self.workspace], self.box.dir)
         if rc:
             raise services.BoxError('tempest init failed (exit %d)' % rc)
         conf = tempest_conf.write(self.box, flavor, self.workspace)
