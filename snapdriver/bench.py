@@ -798,9 +798,10 @@ class Bench(object):
         """
         self.conf.config(snapshots_directory=snapdir, group='libvirt')
         if not CONF.oslo_concurrency.lock_path:
-            # The driver's snapshot lock; the throwaway domain is ours.
-            self.conf.config(lock_path=os.path.join(
-                os.path.dirname(snapdir), 'locks'), group='oslo_concurrency')
+            # The driver's snapshot lock, the same for every run (removed
+            # in run()); the throwaway domain is ours.
+            self.conf.config(lock_path=self.lock_dir,
+                             group='oslo_concurrency')
         self.conf.config(disable_libvirt_livesnapshot=(
             case.stock_mode == 'cold'), group='workarounds')
         if case.strategy is None:
@@ -964,6 +965,11 @@ class Bench(object):
 
     def run(self, sizes, fills, cases):
         self.conf.setUp()
+        # NOTE: one lock directory for the whole benchmark: lockutils
+        # recreates a removed lock_path, so one inside a run's directory
+        # outlived the run.
+        self.lock_dir = tempfile.mkdtemp(prefix='snapdriver-bench-locks-',
+                                         dir=self.parent)
         try:
             self.conf.config(connection_uri=real.LIBVIRT_URI,
                              virt_type='kvm' if real.kvm_usable()
@@ -989,6 +995,7 @@ class Bench(object):
                     self.run_disk(size_gib, size, fill, cases)
         finally:
             self.conf.cleanUp()
+            shutil.rmtree(self.lock_dir, ignore_errors=True)
 
     def run_disk(self, size_gib, size, fill, cases):
         self.log('Building the %g GiB disk (%g GiB of data)...', size_gib,
@@ -1457,6 +1464,8 @@ class WriterBench(Bench):
 
     def run(self, cases):
         self.conf.setUp()
+        self.lock_dir = tempfile.mkdtemp(prefix='snapdriver-bench-locks-',
+                                         dir=self.parent)
         try:
             self.conf.config(connection_uri=real.LIBVIRT_URI,
                              snapshot_image_format=self.args.image_format,
@@ -1480,6 +1489,7 @@ class WriterBench(Bench):
                              _writer_brief(result))
         finally:
             self.conf.cleanUp()
+            shutil.rmtree(self.lock_dir, ignore_errors=True)
 
 
 def _writer_brief(r):
@@ -1811,6 +1821,7 @@ def main(argv=None):
             'states': args.state_list, 'image_format': args.image_format,
             'compress': args.compress,
             'compression_type': args.compression_type,
+            'lock_dir': bench.lock_dir,
             'cache': bench.cache,
             'upload_dir': args.upload_dir,
             'sample_interval': SAMPLE_INTERVAL,

@@ -93,6 +93,8 @@ class BenchSmokeTestCase(base.BaseTestCase):
         # Nova's own conversion, -t none where O_DIRECT works.
         self.assertIn('-t %s -O qcow2' % self.direct_io_mode(),
                       commands['convert-nova'])
+        # Nothing of the run is left: its lock directory neither.
+        self.assertFalse(os.path.exists(result['settings']['lock_dir']))
         # Nova-shaped disks: the cache mode Nova's defaults give here.
         self.assertEqual('nova', result['settings']['cache_mode'])
         self.assertEqual(self.direct_io_mode(),
