@@ -424,6 +424,24 @@ def check(path, fmt):
     return json.loads(out)
 
 
+def repair(path, fmt):
+    """Repair a qcow2 image's metadata (``qemu-img check -r all``).
+
+    For leaked clusters and stale ``COPIED`` flags, which a killed
+    ``qemu-img snapshot`` can leave (its refcounts raised and written, its
+    snapshot table not). The image must not be in use.
+
+    :returns: the JSON report of the check after the repair.
+    :raises: :class:`exception.QemuImgFailed` when the image cannot be
+        repaired.
+    """
+    out, _err = _run('check -r all', path,
+                     ['check', '-r', 'all', '-f', _check_format(fmt),
+                      '--output=json', '--', path],
+                     prlimit=QEMU_IMG_LIMITS)
+    return json.loads(out)
+
+
 def _image_opts(path, fmt):
     """Return an ``--image-opts`` string naming ``path`` and its format.
 

@@ -18,15 +18,28 @@ The guest is managed-saved, an internal snapshot is created, extracted with
 and deleted on every exit path, then the guest is restored.
 """
 
+import glob
+import os
+
 from oslo_log import log as logging
 from oslo_utils import excutils
+from oslo_utils import fileutils
 from oslo_utils import uuidutils
 
 from snapdriver import qemu_img
+from snapdriver import runner
 from snapdriver.strategies import base
 from snapdriver.strategies import checks
 
 LOG = logging.getLogger(__name__)
+
+#: A file in the work directory while qemu-img changes the disk's snapshot
+#: table. NOTE: ``qemu-img snapshot -c`` killed part-way (QEMU 7.2) can
+#: leave the clusters' refcounts raised and written without the snapshot
+#: table entry: leaked clusters whose L2 entries keep the COPIED flag, which
+#: ``qemu-img check`` reports as errors (no data is at risk: the refcounts
+#: are too high, never too low). The cleaner repairs such a disk.
+INFLIGHT = 'cold-internal-inflight'
 
 
 class ColdInternal(base.SnapshotStrategy):
@@ -45,16 +58,60 @@ class ColdInternal(base.SnapshotStrategy):
         return reason
 
     def clean_leftovers(self, request):
-        """Delete our internal snapshots from a domain that does not run.
+        """Repair the disk and delete our internal snapshots.
 
-        Shut off, or managed-saved by a killed snapshot: qemu-img can open
-        its disk then.
+        Only of a domain that does not run (shut off, or managed-saved by
+        a killed snapshot): qemu-img can open its disk then. The disk is
+        repaired (``qemu-img check -r all``) when a killed snapshot was
+        changing its snapshot table (:data:`INFLIGHT`).
         """
-        if request.is_active or not request.is_file_disk or (
-                request.source_format != 'qcow2'):
+        if not request.is_file_disk or request.source_format != 'qcow2':
             return []
-        return ['internal snapshot %s' % name
-                for name in self._remove_leftovers(request)]
+        markers = self._inflight_markers(request)
+        if request.is_active:
+            if markers:
+                LOG.warning('A killed cold-internal snapshot was changing '
+                            'the snapshot table of %(disk)s, and the guest '
+                            'runs again: the disk may hold leaked clusters '
+                            '(no data is at risk); "qemu-img check -r all" '
+                            'repairs it while the guest is off',
+                            {'disk': request.disk_path},
+                            instance=request.instance)
+            return []
+        done = []
+        if markers:
+            report = qemu_img.repair(request.disk_path, 'qcow2')
+            LOG.warning('Repaired %(disk)s after a killed cold-internal '
+                        'snapshot: %(report)s', {'disk': request.disk_path,
+                                                 'report': report},
+                        instance=request.instance)
+            for marker in markers:
+                fileutils.delete_if_exists(marker)
+            done.append('repaired %s' % request.disk_path)
+        return done + ['internal snapshot %s' % name
+                       for name in self._remove_leftovers(request)]
+
+    @staticmethod
+    def _inflight_markers(request):
+        return glob.glob(os.path.join(
+            glob.escape(request.snapshots_directory),
+            glob.escape(runner.workdir_prefix(request)) + '*', INFLIGHT))
+
+    @staticmethod
+    def _mark(workdir):
+        """Write (fsynced) the marker before the snapshot table changes."""
+        path = os.path.join(workdir, INFLIGHT)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(workdir, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return path
 
     def _remove_leftovers(self, request):
         # NOTE: only possible with the guest managed-saved or off: qemu-img
@@ -71,6 +128,7 @@ class ColdInternal(base.SnapshotStrategy):
         return removed
 
     def capture(self, request, out_path, run):
+        marker = self._mark(os.path.dirname(out_path))
         self._remove_leftovers(request)
         name = qemu_img.NAME_PREFIX + uuidutils.generate_uuid(dashed=False)
         with run.phase('snapshot-create'):
@@ -86,6 +144,9 @@ class ColdInternal(base.SnapshotStrategy):
                 self._delete(request, name, run, quiet=True)
         else:
             self._delete(request, name, run)
+            # NOTE: the marker stays when the delete failed: the next
+            # snapshot (or service start) repairs and deletes.
+            fileutils.delete_if_exists(marker)
 
     def _delete(self, request, name, run, quiet=False):
         try:

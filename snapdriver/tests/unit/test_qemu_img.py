@@ -354,6 +354,43 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertEqual(0, report.get('leaks', 0))
         self.assertEqual({}, qemu_img.check(self.base, 'raw'))
 
+    def _leak_like_a_killed_snapshot(self, path):
+        """Raise one data cluster's refcount to 2, as ``qemu-img snapshot
+        -c`` killed after writing the refcounts leaves it (its L2 entry
+        keeps the COPIED flag): a leak and an OFLAG_COPIED error.
+        """
+        out, _err = processutils.execute(
+            'qemu-img', 'map', '-f', 'qcow2', '--output=json', path)
+        data = [m for m in json.loads(out)
+                if m['data'] and m.get('depth', 0) == 0 and 'offset' in m]
+        cluster = data[0]['offset'] // (64 * units.Ki)
+        with open(path, 'r+b') as f:
+            f.seek(48)
+            table = int.from_bytes(f.read(8), 'big')
+            f.seek(table)
+            block = int.from_bytes(f.read(8), 'big')
+            f.seek(block + 2 * cluster)
+            f.write((2).to_bytes(2, 'big'))
+
+    def test_repair_fixes_a_killed_snapshots_leak(self):
+        processutils.execute('qemu-io', '-f', 'qcow2', '-c',
+                             'write -P 0x78 0 64k', self.overlay)
+        self._leak_like_a_killed_snapshot(self.overlay)
+        self.assertRaises(exception.QemuImgFailed, qemu_img.check,
+                          self.overlay, 'qcow2')
+        before = self._path('before.raw')
+        qemu_img.convert(self.overlay, 'qcow2', before, 'raw')
+
+        report = qemu_img.repair(self.overlay, 'qcow2')
+
+        self.assertEqual(0, report.get('corruptions', 0))
+        self.assertEqual(0, report.get('leaks', 0))
+        clean = qemu_img.check(self.overlay, 'qcow2')
+        self.assertEqual(0, clean.get('corruptions', 0))
+        self.assertEqual(0, clean.get('leaks', 0))
+        self.assertTrue(qemu_img.compare(self.overlay, 'qcow2', before,
+                                         'raw'))
+
     def test_compare_detects_difference(self):
         other = self._path('other.raw')
         shutil.copy(self.base, other)

@@ -12,6 +12,7 @@
 
 """Which strategy applies to which snapshot, and why not."""
 
+import os
 from unittest import mock
 
 import fixtures
@@ -21,6 +22,7 @@ from oslo_utils import units
 from oslotest import base
 
 from snapdriver import conf
+from snapdriver import exception
 from snapdriver import runner
 from snapdriver.strategies import cold_direct
 from snapdriver.strategies import cold_internal
@@ -221,7 +223,81 @@ class CopyStartedTestCase(base.BaseTestCase):
                                                        create, delete):
         create.side_effect = lambda *a, **k: self.seen.append(
             ('create', self.run.copy_started))
-        cold_internal.ColdInternal().capture(self.request, '/out',
-                                             self.run)
+        workdir = self.useFixture(fixtures.TempDir()).path
+        cold_internal.ColdInternal().capture(
+            self.request, os.path.join(workdir, 'out'), self.run)
         self.assertEqual(('create', None), self.seen[0])
         self.assertIsNotNone(self.seen[1])
+
+
+class ColdInternalInflightTestCase(base.BaseTestCase):
+    """A killed qemu-img snapshot's disk is repaired before it is used."""
+
+    def setUp(self):
+        super().setUp()
+        self.snapdir = self.useFixture(fixtures.TempDir()).path
+        self.request = fakes.make_request(
+            snapshots_directory=self.snapdir,
+            power_state=power_state.SHUTDOWN)
+        self.workdir = os.path.join(
+            self.snapdir, runner.workdir_prefix(self.request) + 'abc')
+        os.mkdir(self.workdir)
+        self.strategy = cold_internal.ColdInternal()
+        self.repair = self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.repair', return_value={'leaks': 0})).mock
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.snapshot_list', return_value=[]))
+
+    def _events(self):
+        events = []
+        for name in ('snapshot_create', 'snapshot_delete', 'convert'):
+            self.useFixture(fixtures.MockPatch(
+                'snapdriver.qemu_img.' + name,
+                side_effect=lambda *a, _n=name, **k: events.append(
+                    (_n, os.path.exists(self.marker)))))
+        return events
+
+    @property
+    def marker(self):
+        return os.path.join(self.workdir, cold_internal.INFLIGHT)
+
+    def test_marker_covers_the_snapshot_table_changes(self):
+        events = self._events()
+        run = runner.SnapshotRun(self.request, mock.Mock())
+        self.strategy.capture(self.request,
+                              os.path.join(self.workdir, 'out'), run)
+        self.assertEqual([('snapshot_create', True), ('convert', True),
+                          ('snapshot_delete', True)], events)
+        self.assertFalse(os.path.exists(self.marker))
+
+    def test_marker_stays_when_the_delete_fails(self):
+        self._events()
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.snapshot_delete',
+            side_effect=exception.QemuImgFailed(action='snapshot delete',
+                                                path='d', reason='x')))
+        run = runner.SnapshotRun(self.request, mock.Mock())
+        self.assertRaises(exception.QemuImgFailed, self.strategy.capture,
+                          self.request, os.path.join(self.workdir, 'out'),
+                          run)
+        self.assertTrue(os.path.exists(self.marker))
+
+    def test_cleaner_repairs_the_disk_of_a_killed_snapshot(self):
+        open(self.marker, 'w').close()
+        done = self.strategy.clean_leftovers(self.request)
+        self.repair.assert_called_once_with(self.request.disk_path, 'qcow2')
+        self.assertEqual(['repaired %s' % self.request.disk_path], done)
+        self.assertFalse(os.path.exists(self.marker))
+
+    def test_cleaner_leaves_a_disk_without_marker(self):
+        self.assertEqual([], self.strategy.clean_leftovers(self.request))
+        self.repair.assert_not_called()
+
+    def test_running_guest_is_not_repaired(self):
+        open(self.marker, 'w').close()
+        request = fakes.make_request(snapshots_directory=self.snapdir)
+        with mock.patch.object(cold_internal.LOG, 'warning') as warning:
+            self.assertEqual([], self.strategy.clean_leftovers(request))
+        self.repair.assert_not_called()
+        self.assertIn('check -r all', warning.call_args[0][0])
+        self.assertTrue(os.path.exists(self.marker))
