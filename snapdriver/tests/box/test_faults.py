@@ -86,8 +86,15 @@ class SnapshotFaultsTest(base.BoxTestCase):
         # tempest: test_images.test_delete_saving_image, here with the
         # image deleted while the driver's capture is under way (tempest
         # deletes it as soon as the API has created it).
+        # NOTE: with cold-direct-extract, whose capture (managed save,
+        # convert, restore) lasts seconds: a live-backup of this small
+        # disk is over in ~0.15 s, before a DELETE can land (seen once on
+        # a quiet host); the upload that follows must then fail, and the
+        # guest come back from its managed save.
+        self.set_strategies(['cold-direct-extract'])
         server = self.boot_writer()
         self.client.wait_for_seq(server, 20)
+        boot_id = self.client.boot_id(server)
         since = self.compute_log_end()
         image_id = self._post_create_image(server, 'deleted-while-saving')
         self._wait_for_work_dir()
@@ -102,10 +109,12 @@ class SnapshotFaultsTest(base.BoxTestCase):
         self.assertEqual(
             1, len(self.compute_log_lines(
                 server, 'Image not found during snapshot', since)))
-        # The guest was not harmed: it still writes, in the same run.
+        self.assertTrue(self.compute_log_lines(
+            server, 'Snapshot strategy cold-direct-extract chosen', since))
+        # The guest was not harmed: the same boot, still writing.
+        self.assertEqual(boot_id, self.client.boot_id(server))
         seq = self.client.console_seq(server)
         self.client.wait_for_seq(server, seq + 5, timeout=60)
-        self.assertEqual(1, self.client.writer_starts(server))
 
     def test_quiesce_with_agent_and_without(self):
         # os_require_quiesce=yes: the snapshot must freeze the guest's
