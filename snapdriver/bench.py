@@ -417,15 +417,19 @@ def fixed_cost_steps(strategy_name):
         (libvirt.virDomain, 'backupBegin', 'virDomainBackupBegin', False),
         (libvirt.virDomain, 'blockCopy', 'virDomainBlockCopy', False),
         (libvirt.virDomain, 'jobStats', 'virDomainGetJobStats', False),
+        (libvirt.virDomain, 'blockInfo', 'virDomainGetBlockInfo', False),
     ]
     manager = stevedore.ExtensionManager(strategies.NAMESPACE)
     cls = {ext.name: ext.plugin for ext in manager}[strategy_name]
-    for attr in ('unsupported_reason', 'clean_leftovers', 'space_needed'):
+    for attr in ('unsupported_reason', 'clean_leftovers', 'space_bound',
+                 'space_needed'):
         owner = next(k for k in cls.__mro__ if attr in k.__dict__)
         steps.append((owner, attr, '%s.%s' % (strategy_name, attr), False))
     if strategy_name == 'live-backup':
         steps.append((live_backup, 'disk_targets',
                       'disk_targets (domain XML parsed)', False))
+        steps.append((live_backup.LiveBackup, '_created_and_reserved',
+                      'target created, its size measured alongside', False))
     return steps
 
 

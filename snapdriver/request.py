@@ -13,6 +13,7 @@
 """The facts of one snapshot, gathered once before anything is decided."""
 
 import dataclasses
+import os
 import typing as ty
 from xml.etree import ElementTree
 
@@ -23,6 +24,7 @@ from oslo_log import log as logging
 
 from snapdriver import conf
 from snapdriver import qemu_img
+from snapdriver import space
 
 LOG = logging.getLogger(__name__)
 CONF = conf.CONF
@@ -62,9 +64,10 @@ class SnapshotRequest:
     source_format: ty.Optional[str]
     #: Backend type as Nova names it ('qcow2', 'raw', 'lvm', 'rbd', 'ploop').
     source_type: ty.Optional[str]
-    #: Virtual size in bytes (0 when qemu-img info was not run).
+    #: Virtual size in bytes (0 for disks that are not files).
     virtual_size: int
-    #: Backing file of the disk, or None.
+    #: Backing file of the disk, or None: of the chain libvirt opened for
+    #: an active guest, of the disk's header for an inactive one.
     backing_file: ty.Optional[str]
     #: Format of the backing file, or None.
     backing_format: ty.Optional[str]
@@ -94,7 +97,7 @@ class SnapshotRequest:
         preflight check and the reservation before a job ask the same
         question within milliseconds, and each qemu-img costs tens of ms
         before the copy can start. A raw output needs the virtual size,
-        known from ``qemu-img info`` already.
+        known already.
 
         :raises: :class:`snapdriver.exception.QemuImgFailed`
         """
@@ -104,6 +107,46 @@ class SnapshotRequest:
             self._measured[fmt] = qemu_img.measure(
                 self.disk_path, self.source_format, fmt)
         return self._measured[fmt]
+
+    def size_bound(self, fmt):
+        """Return an upper bound of :meth:`measure`, without a process.
+
+        The blocks the disk file and its raw backing file hold (what the
+        image can hold at most, data and metadata of the overlay
+        included), laid out as qcow2 (:func:`space.qcow2_size_bound`); a
+        raw output needs the virtual size. ``None`` when no bound is known
+        without reading the image (a disk that is not a file, an unknown
+        size, a backing file that has backing files of its own).
+        """
+        if (not self.is_file_disk or not self.virtual_size or
+                self.backing_format not in (None, 'raw')):
+            return None
+        if fmt == 'raw':
+            return self.virtual_size
+        if fmt != 'qcow2':
+            return None
+        allocated = 0
+        for path in (self.disk_path, self.backing_file):
+            if path:
+                try:
+                    allocated += os.stat(path).st_blocks * 512
+                except OSError:
+                    return None
+        return space.qcow2_size_bound(self.virtual_size, allocated)
+
+    def header_backing_file(self):
+        """Return the backing file the disk's qcow2 header names, or None.
+
+        The request of an active guest takes its chain from libvirt
+        (:func:`build`); this reads the header with ``qemu-img info``. An
+        inactive guest's request was built from that header already.
+
+        :raises: :class:`snapdriver.exception.QemuImgFailed`
+        """
+        if not self.is_active:
+            return self.backing_file
+        return qemu_img.info(self.disk_path, self.source_format,
+                             force_share=True).backing_file
 
     @property
     def power_state_name(self):
@@ -134,12 +177,34 @@ def root_disk_element(request):
     For what nova's config objects do not keep (the mirror destination,
     the backing chain libvirt sees).
     """
-    root = ElementTree.fromstring(request.guest.get_xml_desc())
+    return root_disk_element_of(request.guest, request.disk_dev)
+
+
+def root_disk_element_of(guest, disk_dev):
+    """Return the live XML ``<disk>`` element of ``disk_dev``, or None."""
+    root = ElementTree.fromstring(guest.get_xml_desc())
     for elem in root.findall('./devices/disk'):
         target = elem.find('target')
-        if target is not None and target.get('dev') == request.disk_dev:
+        if target is not None and target.get('dev') == disk_dev:
             return elem
     return None
+
+
+def _xml_backing(disk_elem):
+    """Return ``(file, format)`` of a disk's first backing file, or Nones.
+
+    libvirt writes the chain it opened into the live XML, as
+    ``<backingStore type='file'><format type='raw'/><source file=.../>``
+    (nova's config parser looks for a ``<driver>`` there, so its
+    ``driver_format`` is always ``None``).
+    """
+    store = disk_elem.find('backingStore') if disk_elem is not None else None
+    if store is None:
+        return None, None
+    source = store.find('source')
+    fmt = store.find('format')
+    path = source.get('file') if source is not None else None
+    return path, (fmt.get('type') if fmt is not None and path else None)
 
 
 def _root_disk(guest):
@@ -188,18 +253,28 @@ def build(guest, instance=None, image_format=None, image_properties=None,
                 if props.obj_attr_is_set(key):
                     image_properties[key] = props.get(key)
 
+    state = guest.get_power_state(None)
+
     virtual_size = 0
     backing_file = backing_format = None
     if (disk_source_type == 'file' and
             source_format in qemu_img.KNOWN_FORMATS):
-        # NOTE: -U (force share) is needed because a running QEMU holds the
-        # image lock; info only reads the header.
-        info = qemu_img.info(disk_path, source_format, force_share=True)
-        virtual_size = info.virtual_size
-        backing_file = info.backing_file
-        backing_format = info.backing_file_format
-
-    state = guest.get_power_state(None)
+        if state in (power_state.RUNNING, power_state.PAUSED):
+            # NOTE: a running domain's disk is described by libvirt without
+            # a process: the chain libvirt opened for QEMU (the live XML's
+            # backingStore) and the size QEMU reports. A qemu-img info
+            # costs 10-20 ms before a live copy can start; the strategies
+            # that open the disk file themselves still compare its header
+            # with this chain (runner.check_source).
+            virtual_size = guest._domain.blockInfo(disk_path)[0]
+            backing_file, backing_format = _xml_backing(
+                root_disk_element_of(guest, disk_dev))
+        else:
+            # NOTE: -U (force share): info only reads the header.
+            info = qemu_img.info(disk_path, source_format, force_share=True)
+            virtual_size = info.virtual_size
+            backing_file = info.backing_file
+            backing_format = info.backing_file_format
 
     return SnapshotRequest(
         guest=guest,

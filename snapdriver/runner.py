@@ -131,12 +131,17 @@ def _raw_like(inspectors):
     return all(i.NAME in RAW_LIKE for i in inspectors)
 
 
-def check_source(request):
+def check_source(request, strategy=None):
     """Refuse a root disk whose content does not match what libvirt says.
 
     The format is never probed: a raw disk whose guest wrote a qcow2
     header must stay raw, and a qcow2 disk must not point at data files or
     backing files the domain does not know.
+
+    :param strategy: the chosen strategy; the backing file the header
+        names is compared with the domain's only when it opens the disk
+        file itself (:attr:`~base.SnapshotStrategy.reads_disk_file`;
+        always when ``None``).
 
     :raises: :class:`exception.DiskFormatMismatch`
     """
@@ -179,11 +184,16 @@ def check_source(request):
     except format_inspector.ImageFormatError as e:
         raise exception.DiskFormatMismatch(path=path, declared=declared,
                                            actual='unparsable data (%s)' % e)
+    if strategy is not None and not strategy.reads_disk_file:
+        return
     expected = _xml_backing_file(request)
-    if expected is not None and expected != request.backing_file:
+    if expected is None:
+        return
+    header = request.header_backing_file()
+    if expected != header:
         raise exception.DiskFormatMismatch(
             path=path, declared='%s on %s' % (declared, expected),
-            actual='%s on %s' % (actual, request.backing_file))
+            actual='%s on %s' % (actual, header))
 
 
 def _xml_backing_file(request):
@@ -221,12 +231,19 @@ def check_output(path, fmt, image_id=None):
 def check_space(request, strategy):
     """Fail before the guest is touched when the work dir is too small.
 
+    The strategy's in-process upper bound (:meth:`space_bound`) is used
+    when it fits; otherwise the exact need is measured.
+
+    :returns: the bytes the check accepted.
     :raises: :class:`exception.InsufficientSnapshotSpace`
     """
-    needed = strategy.space_needed(request)
     st = os.statvfs(request.snapshots_directory)
     free = st.f_bavail * st.f_frsize
     margin = CONF.snapdriver.free_space_margin_mb * units.Mi
+    bound = strategy.space_bound(request)
+    if bound is not None and bound + margin <= free:
+        return bound
+    needed = strategy.space_needed(request)
     if needed + margin > free:
         raise exception.InsufficientSnapshotSpace(
             path=request.snapshots_directory,
@@ -384,7 +401,7 @@ def captured(request, strategy, power, progress=None, image_id=None):
     run = SnapshotRun(request, strategy, progress)
     if strategy.guest_state == base.GUEST_LIVE:
         guest_state.check_quiesce(request)
-    check_source(request)
+    check_source(request, strategy)
     # NOTE: as the stock driver does, create the snapshots directory on a
     # new host before its free space is measured.
     fileutils.ensure_tree(request.snapshots_directory)

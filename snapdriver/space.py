@@ -58,6 +58,34 @@ LOCK_NAME = 'snapdriver-reserve-space'
 _SUPPORT = {}
 
 
+#: The cluster size of the qcow2 images qemu-img convert and create write.
+QCOW2_CLUSTER = 64 * units.Ki
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def qcow2_size_bound(virtual_size, data_bytes):
+    """Return an upper bound of the bytes a qcow2 image of this data takes.
+
+    What ``qemu-img measure -O qcow2`` reports for an image of
+    ``virtual_size`` holding at most ``data_bytes`` of data, computed
+    without a process: the data clusters, the header, one L2 table per
+    512 MiB of virtual size and the L1 table over them, the 16-bit
+    refcount blocks and their table over all of these, and a few clusters
+    to spare.
+    """
+    c = QCOW2_CLUSTER
+    data = _ceil_div(min(data_bytes, _ceil_div(virtual_size, c) * c), c)
+    l2 = _ceil_div(virtual_size, c * (c // 8))
+    l1 = _ceil_div(l2 * 8, c)
+    clusters = data + 1 + l1 + l2 + 8
+    refcount_blocks = _ceil_div(clusters, c // 2) + 1
+    refcount_table = _ceil_div(refcount_blocks * 8, c) + 1
+    return c * (clusters + refcount_blocks + refcount_table)
+
+
 def reservation_for(measured):
     """Return the bytes to reserve for a target ``qemu-img measure`` sized."""
     return measured + max(SLACK_BYTES, int(measured * SLACK_FRACTION))

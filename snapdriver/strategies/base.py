@@ -54,6 +54,13 @@ class SnapshotStrategy(metaclass=abc.ABCMeta):
     #: ``LibvirtDriver.snapshot()`` instead of implementing :meth:`capture`.
     delegates_to_driver = False
 
+    #: True for strategies that open the disk file with qemu-img, which
+    #: follows the backing file its header names: the runner then checks
+    #: that header against the chain libvirt opened for QEMU. A strategy
+    #: that only copies through QEMU (a backup job) sets it to False and
+    #: spares a running guest's snapshot that ``qemu-img info``.
+    reads_disk_file = True
+
     @abc.abstractmethod
     def unsupported_reason(self, request):
         """Say why this strategy cannot snapshot ``request``.
@@ -75,6 +82,16 @@ class SnapshotStrategy(metaclass=abc.ABCMeta):
         from snapdriver import qemu_img
         return qemu_img.measure(request.disk_path, request.source_format,
                                 request.image_format)
+
+    def space_bound(self, request):
+        """Return an upper bound of :meth:`space_needed`, or ``None``.
+
+        Computed without running a process: when it fits in the free
+        space, the exact need is not measured before the snapshot starts
+        (a ``qemu-img measure`` is 10-25 ms of the time before the copy).
+        The default is ``None``: always measure.
+        """
+        return None
 
     def clean_leftovers(self, request):
         """Remove what an earlier, killed run of this strategy left behind.

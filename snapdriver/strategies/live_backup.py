@@ -41,6 +41,7 @@ during the job anyway (an EIO from the work directory's storage) is
 resumed once the job is gone, its held write then reaching the disk.
 """
 
+from concurrent import futures
 import datetime
 import os
 import secrets
@@ -615,6 +616,8 @@ class LiveBackup(base.SnapshotStrategy):
                    'into a qcow2 image (push mode); the domain definition '
                    'is never changed.')
     guest_state = base.GUEST_LIVE
+    #: QEMU reads the disk for the job, through the chain libvirt opened.
+    reads_disk_file = False
     #: snapdriver_point_in_time of its images (see snapdriver.provenance).
     point_in_time_is = 'start of the backup job'
 
@@ -666,16 +669,46 @@ class LiveBackup(base.SnapshotStrategy):
         # that were holes or zeroes become zero clusters, metadata only.
         return space.reservation_for(self._measure(request, 'qcow2'))
 
-    def space_needed(self, request):
-        backup = self._target_reservation(request)
+    def _needed(self, request, size):
+        backup = space.reservation_for(size(request, 'qcow2'))
         if self._mode(request) == 'pull':
             # The scratch file and the output that qemu-img writes.
-            return backup + self._measure(request, request.image_format)
+            return backup + size(request, request.image_format)
         if self._direct(request):
             return backup
         # The qcow2 backup and the converted output exist together until
         # the conversion ends.
-        return backup + self._measure(request, request.image_format)
+        return backup + size(request, request.image_format)
+
+    def space_needed(self, request):
+        return self._needed(request, self._measure)
+
+    def space_bound(self, request):
+        # NOTE: the exact sizes are then measured while the target is
+        # created (_created_and_reserved), not before.
+        def bound(request, fmt):
+            value = request.size_bound(fmt)
+            if value is None:
+                raise LookupError(fmt)
+            return value
+        try:
+            return self._needed(request, bound)
+        except LookupError:
+            return None
+
+    def _created_and_reserved(self, request, path):
+        """Create the qcow2 file QEMU writes for the job; reserve its blocks.
+
+        ``qemu-img measure`` (the size of the reservation; already known
+        when the preflight check measured it) runs next to ``qemu-img
+        create``: the two processes are most of the time before the job
+        starts, and neither needs the other.
+        """
+        with futures.ThreadPoolExecutor(max_workers=1) as pool:
+            reservation = pool.submit(self._target_reservation, request)
+            qemu_img.create(path, 'qcow2', request.virtual_size)
+            size = reservation.result()
+        space.reserve(path, size, instance=request.instance)
 
     def clean_leftovers(self, request):
         # NOTE: a pull-mode job never ends on its own: one left by a killed
@@ -769,9 +802,7 @@ class LiveBackup(base.SnapshotStrategy):
         # create it as root, 0600, and give it back to root after the job,
         # unreadable to a nova-compute that does not run as root. A file
         # of ours is lent to QEMU for the job and given back to us.
-        qemu_img.create(target, 'qcow2', request.virtual_size)
-        space.reserve(target, self._target_reservation(request),
-                      instance=request.instance)
+        self._created_and_reserved(request, target)
         xml = backup_xml(request.disk_dev, target,
                          disk_targets(request.guest.get_xml_desc()))
         try:
@@ -804,9 +835,7 @@ class LiveBackup(base.SnapshotStrategy):
         # and so that its blocks can be reserved before the job: the
         # scratch file is where the guest's writes now depend on free
         # space. Its backing is the disk, which libvirt sets at attach.
-        qemu_img.create(scratch, 'qcow2', request.virtual_size)
-        space.reserve(scratch, self._target_reservation(request),
-                      instance=request.instance)
+        self._created_and_reserved(request, scratch)
         socket = socket_path(workdir, request.disk_path)
         try:
             self._pull_job(request, dom, scratch, socket, out_path, run)

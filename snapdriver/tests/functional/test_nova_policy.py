@@ -75,6 +75,7 @@ class NovaPolicyTestCase(base.ServersTestBase):
                                'stock'], group='snapdriver')
         self.flags(free_space_margin_mb=0, group='snapdriver')
         self.useFixture(services.FaithfulManagedSave())
+        self.useFixture(services.BlockInfo())
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.utils.file_open', services._file_open))
         self.flags(snapshots_directory=CONF.instances_path + '/snapshots',

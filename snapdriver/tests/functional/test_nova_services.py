@@ -29,6 +29,7 @@ import os
 import shutil
 import subprocess
 import sys
+from xml.etree import ElementTree
 
 import fixtures
 from nova.compute import power_state
@@ -41,6 +42,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from sqlalchemy import exc as sqla_exc
 
 from snapdriver import driver
+from snapdriver import qemu_img
 
 CONF = conf.CONF
 
@@ -105,6 +107,33 @@ class FaithfulManagedSave(fixtures.Fixture):
             create_with_flags))
 
 
+class BlockInfo(fixtures.Fixture):
+    """Give fakelibvirt's Domain the ``blockInfo()`` libvirt has.
+
+    The driver reads a running guest's disk size from libvirt
+    (``virDomainGetBlockInfo``); fakelibvirt lacks the call. Like libvirt
+    for a file disk, this answers the virtual size of the (real, small)
+    disk file the test wrote, its allocation and its size on the host.
+    """
+
+    def setUp(self):
+        super().setUp()
+
+        def block_info(dom, path, flags=0):
+            root = ElementTree.fromstring(dom.XMLDesc(0))
+            fmt = next(
+                disk.find('driver').get('type')
+                for disk in root.findall('./devices/disk')
+                if disk.find('source') is not None and
+                disk.find('source').get('file') == path)
+            size = qemu_img.info(path, fmt, force_share=True).virtual_size
+            st = os.stat(path)
+            return [size, st.st_blocks * 512, st.st_size]
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova.tests.fixtures.libvirt.Domain.blockInfo', block_info))
+
+
 class NovaServicesTestCase(base.ServersTestBase):
     """Snapshots through the REST API with Nova's services in-process."""
 
@@ -127,6 +156,7 @@ class NovaServicesTestCase(base.ServersTestBase):
         # test_strategies.
         self.flags(strategies=['cold-direct-extract'], group='snapdriver')
         self.useFixture(FaithfulManagedSave())
+        self.useFixture(BlockInfo())
         self.useFixture(fixtures.MonkeyPatch(
             'nova.virt.libvirt.utils.file_open', _file_open))
         # NOTE: keeps the space check independent of the free space of the

@@ -427,6 +427,25 @@ class JobTestCase(base.BaseTestCase):
         self.assertEqual(target + 10, self.strategy.space_needed(
             _request(compress=True)))
 
+    def test_space_bound_without_a_process(self):
+        tmp = self.useFixture(fixtures.TempDir()).path
+        disk = os.path.join(tmp, 'disk')
+        with open(disk, 'wb') as f:
+            f.write(b'x' * units.Mi)
+        with mock.patch.object(live_backup.qemu_img, 'measure') as measure:
+            bound = self.strategy.space_bound(_request(disk_path=disk,
+                                                       backing_file=None))
+            raw = self.strategy.space_bound(_request(
+                disk_path=disk, backing_file=None, image_format='raw'))
+            gone = self.strategy.space_bound(_request(
+                disk_path=os.path.join(tmp, 'gone'), backing_file=None))
+        measure.assert_not_called()
+        qcow2 = space.reservation_for(space.qcow2_size_bound(1 << 30,
+                                                             units.Mi))
+        self.assertEqual(qcow2, bound)
+        self.assertEqual(qcow2 + (1 << 30), raw)
+        self.assertIsNone(gone)
+
     @mock.patch.object(live_backup.qemu_img, 'create')
     def test_target_space_reserved_before_the_job(self, create):
         dom = FakeDomain([NO_JOB], done=dict(DONE))

@@ -87,6 +87,25 @@ class CheckSourceTestCase(base.BaseTestCase):
                           backing=self.base))
         self.assertIn('/other/base', str(e))
 
+    def test_header_is_not_read_for_a_strategy_copying_through_qemu(self):
+        # live-backup copies what QEMU reads, through the chain libvirt
+        # opened: the header's own backing file does not matter to it, and
+        # qemu-img info (10-20 ms before the copy) is not run.
+        strategy = mock.Mock(reads_disk_file=False)
+        with mock.patch.object(qemu_img, 'info') as info:
+            runner.check_source(
+                self._request(self.disk, xml_backing='/other/base',
+                              backing='/other/base'), strategy)
+        info.assert_not_called()
+
+    def test_header_is_read_for_a_strategy_reading_the_file(self):
+        strategy = mock.Mock(reads_disk_file=True)
+        e = self.assertRaises(
+            exception.DiskFormatMismatch, runner.check_source,
+            self._request(self.disk, xml_backing='/other/base',
+                          backing='/other/base'), strategy)
+        self.assertIn('qcow2 on %s' % self.base, str(e))
+
     def test_data_file_is_refused(self):
         data = os.path.join(self.dir, 'data.raw')
         path = os.path.join(self.dir, 'withdata.qcow2')
@@ -217,3 +236,42 @@ class CopyStartedTestCase(base.BaseTestCase):
         run.copy_begins()
         run.copy_begins()
         self.assertEqual(12.5, run.copy_started)
+
+
+class CheckSpaceTestCase(base.BaseTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.request = fakes.make_request(snapshots_directory=self.dir)
+        st = os.statvfs(self.dir)
+        self.free = st.f_bavail * st.f_frsize
+        margin = runner.CONF.snapdriver.free_space_margin_mb * units.Mi
+        self.room = self.free - margin
+        self.strategy = mock.Mock(spec=strategies_base.SnapshotStrategy)
+
+    def test_bound_that_fits_spares_the_measure(self):
+        self.strategy.space_bound.return_value = units.Mi
+        self.assertEqual(units.Mi, runner.check_space(self.request,
+                                                      self.strategy))
+        self.strategy.space_needed.assert_not_called()
+
+    def test_bound_too_large_is_measured(self):
+        # An upper bound that does not fit must not refuse a snapshot
+        # whose exact need fits.
+        self.strategy.space_bound.return_value = self.free * 2
+        self.strategy.space_needed.return_value = units.Mi
+        self.assertEqual(units.Mi, runner.check_space(self.request,
+                                                      self.strategy))
+
+    def test_no_bound_is_measured(self):
+        self.strategy.space_bound.return_value = None
+        self.strategy.space_needed.return_value = units.Mi
+        self.assertEqual(units.Mi, runner.check_space(self.request,
+                                                      self.strategy))
+
+    def test_measured_need_that_does_not_fit_is_refused(self):
+        self.strategy.space_bound.return_value = self.free * 2
+        self.strategy.space_needed.return_value = self.room + units.Mi
+        self.assertRaises(exception.InsufficientSnapshotSpace,
+                          runner.check_space, self.request, self.strategy)

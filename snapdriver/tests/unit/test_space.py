@@ -14,15 +14,18 @@
 
 import errno
 import os
+import shutil
 from unittest import mock
 
 import fixtures
+from oslo_concurrency import processutils
 from oslo_config import fixture as config_fixture
 from oslo_utils import units
 from oslotest import base
 
 from snapdriver import conf
 from snapdriver import exception
+from snapdriver import qemu_img
 from snapdriver import space
 
 CONF = conf.CONF
@@ -114,3 +117,61 @@ class SpaceTestCase(base.BaseTestCase):
         self.assertIn('Operation not supported', reason)
         self.assertIn('cannot reserve space', reason)
         self.assertEqual(['target'], os.listdir(self.dir))
+
+
+class Qcow2SizeBoundTestCase(base.BaseTestCase):
+    """The in-process bound against the real ``qemu-img measure``."""
+
+    def setUp(self):
+        super().setUp()
+        if shutil.which('qemu-img') is None:
+            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
+                          'installs it)')
+        self.dir = self.useFixture(fixtures.TempDir()).path
+
+    def _overlay(self, virtual_size, base_data, overlay_data):
+        """A raw base and a qcow2 overlay with scattered data.
+
+        One 64 KiB block every three clusters in the base, every two in
+        the overlay (which rewrites some of the base's blocks).
+        """
+        base = os.path.join(self.dir, 'base')
+        disk = os.path.join(self.dir, 'disk')
+        qemu_img.create(base, 'raw', virtual_size)
+        with open(base, 'r+b') as f:
+            for offset in range(0, base_data * 3, 3 * 64 * units.Ki):
+                f.seek(offset)
+                f.write(os.urandom(64 * units.Ki))
+        qemu_img.create(disk, 'qcow2', virtual_size, backing_file=base,
+                        backing_fmt='raw')
+        writes = []
+        for offset in range(units.Mi, units.Mi + overlay_data * 2,
+                            2 * 64 * units.Ki):
+            writes += ['-c', 'write -P 7 %d %d' % (offset, 64 * units.Ki)]
+        if writes:
+            processutils.execute('qemu-io', '-f', 'qcow2', *writes, disk)
+        return base, disk
+
+    def _check(self, virtual_size, base_data, overlay_data):
+        base, disk = self._overlay(virtual_size, base_data, overlay_data)
+        allocated = sum(os.stat(p).st_blocks * 512 for p in (base, disk))
+        bound = space.qcow2_size_bound(virtual_size, allocated)
+        measured = qemu_img.measure(disk, 'qcow2', 'qcow2')
+        self.assertGreaterEqual(bound, measured)
+        # Not a wild guess either: the overlap of the two layers (the
+        # overlay rewrote some of the base's blocks) and the overlay's own
+        # metadata, plus a few clusters.
+        self.assertLess(bound, measured + overlay_data + 2 * units.Mi)
+
+    def test_bound_of_an_overlay_on_a_raw_base(self):
+        self._check(64 * units.Mi, 8 * units.Mi, 4 * units.Mi)
+
+    def test_bound_of_a_full_disk(self):
+        self._check(16 * units.Mi, 16 * units.Mi // 3, units.Mi)
+
+    def test_bound_of_an_empty_disk(self):
+        self._check(units.Gi, 0, 0)
+
+    def test_bound_is_capped_by_the_virtual_size(self):
+        self.assertEqual(space.qcow2_size_bound(units.Gi, units.Gi),
+                         space.qcow2_size_bound(units.Gi, 10 * units.Gi))
