@@ -20,11 +20,11 @@ persistent. Guest writes during the job are held back by QEMU's
 copy-before-write filter, not by the guest. Two modes
 (``[snapdriver] live_backup_mode``):
 
-* push (default): QEMU writes the copy into a qcow2 target, which is the
+* push: QEMU writes the copy into a qcow2 target, which is the
   image itself or is converted to the requested format.
-* pull: QEMU exports the disk as of the job start over NBD on a unix
-  socket in the snapshot's work directory, and ``qemu-img convert`` reads
-  it straight into the image, in the requested format; the filter keeps
+* pull (default): QEMU exports the disk as of the job start over NBD on
+  a unix socket in the snapshot's work directory, and ``qemu-img convert``
+  reads it straight into the image, in the requested format; the filter keeps
   the old data of the blocks the guest rewrites in a qcow2 scratch file.
   The job is ended (aborted: a pull job never completes) once the export
   is read. qemu-img reads with many requests in flight and writes through
