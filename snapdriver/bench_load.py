@@ -60,6 +60,7 @@ from oslo_utils import units
 from snapdriver import conf
 from snapdriver import driver as snap_driver
 from snapdriver import exception
+from snapdriver import qemu_img
 from snapdriver import runner
 from snapdriver import strategies
 from snapdriver.strategies import live_backup
@@ -334,9 +335,11 @@ def injected(failure, uuid):
 
     ``job``: its ``backupBegin`` and ``blockCopy`` are refused (nothing
     started); ``timeout``: its backup job, once started, is declared timed
-    out (``BlockJobTimeout`` from ``live_backup.wait_done``), so its
-    cleanup aborts its job while its neighbours' jobs run. ``upload`` is
-    the image service's (:class:`LoadImageService`), nothing here.
+    out (a push job's ``live_backup.wait_done``, or a pull job's read of
+    the export, ``qemu_img.convert_from_nbd``, as a real timeout raises
+    them), so its cleanup aborts its job while its neighbours' jobs run.
+    ``upload`` is the image service's (:class:`LoadImageService`), nothing
+    here.
     """
     patches = []
 
@@ -356,11 +359,24 @@ def injected(failure, uuid):
             return real_call(request, dom, run)
         return call
 
+    def read_times_out(real_call):
+        # NOTE: the image is written in the snapshot's work directory,
+        # whose name carries the domain's uuid (the socket's path may be
+        # an alias that does not).
+        def call(uri, dest, *args, **kwargs):
+            if uuid in os.path.basename(os.path.dirname(dest)).lower():
+                raise exception.QemuImgTimeout(
+                    action='convert', path=uri,
+                    timeout=CONF.snapdriver.block_job_timeout)
+            return real_call(uri, dest, *args, **kwargs)
+        return call
+
     if failure == 'job':
         for name in ('backupBegin', 'blockCopy'):
             patches.append((libvirt.virDomain, name, refuse))
     elif failure == 'timeout':
         patches.append((live_backup, 'wait_done', time_out))
+        patches.append((qemu_img, 'convert_from_nbd', read_times_out))
     originals = []
     for owner, name, wrap in patches:
         originals.append((owner, name, getattr(owner, name)))

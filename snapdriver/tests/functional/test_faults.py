@@ -278,25 +278,34 @@ class FaultTestCase(base.DriverTestCase):
 
 
 _QEMU_IMG_FAULTS = [
-    # (strategy, state, output format, subcommand, match, mode)
-    (LIVE, 'running', 'qcow2', 'rebase', None, 'fail'),
-    (LIVE, 'running', 'raw', 'convert', None, 'kill'),
-    (LIVE, 'paused', 'qcow2', 'rebase', None, 'hang'),
-    (BACKUP, 'running', 'raw', 'convert', None, 'fail'),
-    (BACKUP, 'paused', 'raw', 'convert', None, 'hang'),
-    (DIRECT, 'running', 'qcow2', 'convert', None, 'fail'),
-    (DIRECT, 'paused', 'raw', 'convert', None, 'kill'),
-    (DIRECT, 'shutoff', 'qcow2', 'convert', None, 'hang'),
-    (INTERNAL, 'running', 'qcow2', 'convert', None, 'fail'),
-    (INTERNAL, 'shutoff', 'raw', 'convert', None, 'kill'),
-    (INTERNAL, 'running', 'raw', 'convert', None, 'hang'),
-    (INTERNAL, 'paused', 'qcow2', 'snapshot', '-c', 'fail'),
+    # (strategy, state, output format, subcommand, match, mode,
+    #  [snapdriver] live_backup_mode)
+    (LIVE, 'running', 'qcow2', 'rebase', None, 'fail', None),
+    (LIVE, 'running', 'raw', 'convert', None, 'kill', None),
+    (LIVE, 'paused', 'qcow2', 'rebase', None, 'hang', None),
+    # push: the backup target, then its conversion to raw, fails.
+    (BACKUP, 'running', 'raw', 'convert', None, 'fail', 'push'),
+    (BACKUP, 'paused', 'raw', 'convert', None, 'hang', 'push'),
+    # pull: qemu-img's read of the job's export fails; a hung read is
+    # bounded by the job's timeout.
+    (BACKUP, 'running', 'qcow2', 'convert', None, 'fail', 'pull'),
+    (BACKUP, 'paused', 'raw', 'convert', None, 'kill', 'pull'),
+    (BACKUP, 'running', 'qcow2', 'convert', None, 'hang', 'pull'),
+    (DIRECT, 'running', 'qcow2', 'convert', None, 'fail', None),
+    (DIRECT, 'paused', 'raw', 'convert', None, 'kill', None),
+    (DIRECT, 'shutoff', 'qcow2', 'convert', None, 'hang', None),
+    (INTERNAL, 'running', 'qcow2', 'convert', None, 'fail', None),
+    (INTERNAL, 'shutoff', 'raw', 'convert', None, 'kill', None),
+    (INTERNAL, 'running', 'raw', 'convert', None, 'hang', None),
+    (INTERNAL, 'paused', 'qcow2', 'snapshot', '-c', 'fail', None),
 ]
 
 _EXPECTED = {
     'fail': (exception.QemuImgFailed, 'injected failure'),
     'kill': (exception.QemuImgFailed, 'killed by signal SIGKILL'),
     'hang': (exception.QemuImgTimeout, 'qemu_img_timeout'),
+    # The pull-mode read is the job's copy: bounded by the job's timeout.
+    'pull-hang': (exception.BlockJobTimeout, 'block_job_timeout'),
 }
 
 
@@ -304,26 +313,37 @@ class QemuImgFaultTestCase(FaultTestCase):
     """qemu-img fails, is killed, or hangs in the middle of a snapshot."""
 
     scenarios = [
-        ('%s-%s-%s-%s-%s' % (c[0], c[1], c[2], c[3], c[5]),
+        ('%s-%s-%s-%s-%s%s' % (c[0], c[1], c[2], c[3], c[5],
+                               '-' + c[6] if c[6] else ''),
          {'strategy': c[0], 'state': c[1], 'fmt': c[2], 'subcommand': c[3],
-          'match': c[4], 'mode': c[5]})
+          'match': c[4], 'mode': c[5], 'backup_mode': c[6]})
         for c in _QEMU_IMG_FAULTS
     ]
 
     def test_fault(self):
         self.flags(strategies=[self.strategy], group='snapdriver')
         self.flags(snapshot_image_format=self.fmt, group='libvirt')
+        if self.backup_mode:
+            self.flags(live_backup_mode=self.backup_mode, group='snapdriver')
         if self.subcommand == 'rebase':
             # The in-place flatten is the one that runs qemu-img rebase.
             self.flags(live_flatten='in-place', group='snapdriver')
+        expected = self.mode
         if self.mode == 'hang':
             self.flags(qemu_img_timeout=2, group='snapdriver')
+            if self.backup_mode == 'pull':
+                self.flags(block_job_timeout=2, group='snapdriver')
+                expected = 'pull-hang'
         self.inject(self.subcommand, self.mode, self.match)
         domain = self.make_domain(self.state)
-        exc_type, fragment = _EXPECTED[self.mode]
+        exc_type, fragment = _EXPECTED[expected]
 
+        # The error names the failed command; a timed out job names the
+        # job ("The backup job of disk ...").
+        fragments = (fragment, 'backup job' if expected == 'pull-hang'
+                     else self.subcommand)
         t0 = time.monotonic()
-        self.snapshot_fails(domain, exc_type, fragment, self.subcommand)
+        self.snapshot_fails(domain, exc_type, *fragments)
 
         if self.mode == 'hang':
             # Killed at the timeout, not after the 600 s sleep.
