@@ -507,10 +507,13 @@ class TestQuiesceFailsMidSnapshot(ConsistencyTestCase):
     def assert_freeze_asked_once(self):
         self.assertEqual(1, len(self.at_freeze))
         if self.strategy == 'live-shallow-rebase':
-            # The freeze comes once the mirror is in sync.
+            # The freeze comes once the mirror is in sync (ready). NOTE:
+            # not cur == end: the strategy saw them equal, but the guest
+            # writes on, and a write between that check and this record
+            # (the freeze call) grows end until the mirror copies it.
             job = self.at_freeze[0]['job']
             self.assertTrue(job, 'no block job at the freeze')
-            self.assertEqual(job['end'], job['cur'])
+            self.assertLessEqual(job['cur'], job['end'])
             self.assertTrue(self.at_freeze[0]['mirror_ready'])
         # No freeze succeeded, so no thaw was asked for; the agent is gone,
         # but the filesystem writer shows vdb still takes writes.
