@@ -221,7 +221,7 @@ Related options:
 """),
     cfg.StrOpt(
         'live_backup_mode',
-        default='pull',
+        default='push',
         choices=[
             ('push', 'a push-mode backup job has QEMU write the copy into '
                      'a qcow2 target; a raw or compressed image then takes '
@@ -239,21 +239,23 @@ How the ``live-backup`` strategy copies the running disk.
 Both modes give the same image: the disk as it was when the backup job
 started, with the guest running throughout and the domain definition never
 changed, and both reserve the space of the file QEMU writes during the job
-before it starts. ``pull`` writes any output format in one pass and its
-output holds exactly the data; on a host with idle CPU it copied 1.2-1.9x
-faster than ``push`` (within 0.85-1.13x of a bare ``qemu-img convert`` of
-the same disk, where ``push`` took 1.20-1.74x; see the strategies
-documentation), hence the default. It takes more CPU than ``push``
-(qemu-img and QEMU both move the data), and on a host whose CPUs were
-oversubscribed (load average 8-19 on 2 cores) it was the slower of the two:
-choose ``push`` where CPU is scarcer than disk bandwidth. ``pull`` also
-needs the snapshot's process to connect to a socket that QEMU creates:
-root, or a member of the group of the disk (the QEMU user's group under
-libvirt's dynamic ownership); otherwise ``push`` is used.
+before it starts. ``push`` needs the least space: the target is the image
+(one image in all, for a plain qcow2 output). ``pull`` writes any output
+format in one pass and its output holds exactly the data, and on a host
+with idle CPU it copied 1.2-1.9x faster than ``push`` (within 0.85-1.13x of
+a bare ``qemu-img convert`` of the same disk, where ``push`` took
+1.20-1.74x); but its scratch file's reservation comes on top of the image,
+so it holds up to two images' worth of space during the job (more than the
+stock driver's 1.6), it takes more CPU (qemu-img and QEMU both move the
+data), and on a host whose CPUs were oversubscribed it was the slower of
+the two (see the strategies documentation). Hence the default. ``pull``
+also needs the snapshot's process to connect to a socket that QEMU
+creates: root, or a member of the group of the disk (the QEMU user's group
+under libvirt's dynamic ownership); otherwise ``push`` is used.
 
 Possible values:
 
-* ``pull`` (default), ``push``.
+* ``push`` (default), ``pull``.
 
 Related options:
 

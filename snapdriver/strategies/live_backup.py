@@ -20,9 +20,9 @@ persistent. Guest writes during the job are held back by QEMU's
 copy-before-write filter, not by the guest. Two modes
 (``[snapdriver] live_backup_mode``):
 
-* push: QEMU writes the copy into a qcow2 target, which is the
+* push (default): QEMU writes the copy into a qcow2 target, which is the
   image itself or is converted to the requested format.
-* pull (default): QEMU exports the disk as of the job start over NBD on
+* pull: QEMU exports the disk as of the job start over NBD on
   a unix socket in the snapshot's work directory, and ``qemu-img convert``
   reads it straight into the image, in the requested format; the filter keeps
   the old data of the blocks the guest rewrites in a qcow2 scratch file.

@@ -780,13 +780,13 @@ class ModeTestCase(base.BaseTestCase):
         return self.strategy._mode(_request(
             disk_path=self.disk, snapshots_directory=snapdir or SNAPDIR))
 
-    def test_pull_is_the_default(self):
-        self.assertEqual('pull', CONF.snapdriver.live_backup_mode)
-        self.assertEqual('pull', self.mode())
-
-    def test_push_when_configured(self):
-        self.conf.config(live_backup_mode='push', group='snapdriver')
+    def test_push_is_the_default(self):
+        self.assertEqual('push', CONF.snapdriver.live_backup_mode)
         self.assertEqual('push', self.mode())
+
+    def test_pull_when_configured(self):
+        self.conf.config(live_backup_mode='pull', group='snapdriver')
+        self.assertEqual('pull', self.mode())
 
     @mock.patch('os.getgroups', return_value=[])
     @mock.patch('os.getegid', return_value=4321)
