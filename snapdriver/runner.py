@@ -186,13 +186,17 @@ def check_source(request, strategy=None):
                                            actual='unparsable data (%s)' % e)
     if strategy is not None and not strategy.reads_disk_file:
         return
+    # NOTE: the header must name the backing file the request carries
+    # (libvirt's chain, for an active guest: a strategy that builds an
+    # overlay on it, or converts the file, must see the same chain) and
+    # the one the domain XML names, when it names one.
     expected = _xml_backing_file(request)
-    if expected is None:
-        return
     header = request.header_backing_file()
-    if expected != header:
+    if ((expected is not None and expected != header) or
+            header != request.backing_file):
         raise exception.DiskFormatMismatch(
-            path=path, declared='%s on %s' % (declared, expected),
+            path=path, declared='%s on %s' % (
+                declared, expected or request.backing_file),
             actual='%s on %s' % (actual, header))
 
 

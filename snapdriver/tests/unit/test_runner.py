@@ -106,6 +106,16 @@ class CheckSourceTestCase(base.BaseTestCase):
                           backing='/other/base'), strategy)
         self.assertIn('qcow2 on %s' % self.base, str(e))
 
+    def test_header_backing_file_libvirt_did_not_report_is_refused(self):
+        # An active guest's request takes its chain from the live XML; a
+        # header naming a backing file that chain lacks would make an
+        # overlay (live-shallow-rebase) or a convert see other data.
+        e = self.assertRaises(
+            exception.DiskFormatMismatch, runner.check_source,
+            self._request(self.disk, xml_backing=None, backing=None),
+            mock.Mock(reads_disk_file=True))
+        self.assertIn('qcow2 on %s' % self.base, str(e))
+
     def test_data_file_is_refused(self):
         data = os.path.join(self.dir, 'data.raw')
         path = os.path.join(self.dir, 'withdata.qcow2')
