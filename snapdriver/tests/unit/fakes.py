@@ -13,7 +13,9 @@
 """Stand-ins for logic-only unit tests."""
 
 import dataclasses
+import shutil
 
+import fixtures
 from nova.compute import power_state
 
 from snapdriver import request as snap_request
@@ -38,3 +40,14 @@ def make_request(**overrides):
 
 def replace(request, **changes):
     return dataclasses.replace(request, **changes)
+
+
+def qemu_img_dir(test):
+    """Skip ``test`` without qemu-img; else return a temporary directory.
+
+    For the unit tests that run the real qemu-img on tiny images.
+    """
+    if shutil.which('qemu-img') is None:
+        test.skipTest('qemu-img is not installed (tools/setup-host.sh '
+                      'installs it)')
+    return test.useFixture(fixtures.TempDir()).path

@@ -29,6 +29,7 @@ from oslotest import base
 from snapdriver import conf
 from snapdriver import exception
 from snapdriver import qemu_img
+from snapdriver.tests.unit import fakes
 
 CONF = conf.CONF
 
@@ -43,10 +44,7 @@ class QemuImgTestCase(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
-        if shutil.which('qemu-img') is None:
-            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
-                          'installs it)')
-        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.dir = fakes.qemu_img_dir(self)
         self.base = self._path('base.raw')
         qemu_img.create(self.base, 'raw', 4 * units.Mi)
         self.base_data = os.urandom(64 * units.Ki)

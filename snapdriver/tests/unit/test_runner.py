@@ -14,7 +14,6 @@
 
 import logging
 import os
-import shutil
 import struct
 from unittest import mock
 
@@ -56,10 +55,7 @@ class CheckSourceTestCase(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
-        if shutil.which('qemu-img') is None:
-            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
-                          'installs it)')
-        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.dir = fakes.qemu_img_dir(self)
         self.base = os.path.join(self.dir, 'base.raw')
         qemu_img.create(self.base, 'raw', 4 * units.Mi)
         self.disk = os.path.join(self.dir, 'disk')
@@ -195,10 +191,7 @@ class StoppedGuestTestCase(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
-        if shutil.which('qemu-img') is None:
-            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
-                          'installs it)')
-        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.dir = fakes.qemu_img_dir(self)
         self.disk = os.path.join(self.dir, 'disk')
         qemu_img.create(self.disk, 'qcow2', 4 * units.Mi)
         self.guest = mock.Mock()

@@ -14,7 +14,6 @@
 
 import errno
 import os
-import shutil
 from unittest import mock
 
 import fixtures
@@ -27,6 +26,7 @@ from snapdriver import conf
 from snapdriver import exception
 from snapdriver import qemu_img
 from snapdriver import space
+from snapdriver.tests.unit import fakes
 
 CONF = conf.CONF
 
@@ -124,10 +124,7 @@ class Qcow2SizeBoundTestCase(base.BaseTestCase):
 
     def setUp(self):
         super().setUp()
-        if shutil.which('qemu-img') is None:
-            self.skipTest('qemu-img is not installed (tools/setup-host.sh '
-                          'installs it)')
-        self.dir = self.useFixture(fixtures.TempDir()).path
+        self.dir = fakes.qemu_img_dir(self)
 
     def _overlay(self, virtual_size, base_data, overlay_data):
         """A raw base and a qcow2 overlay with scattered data.
