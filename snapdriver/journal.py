@@ -50,6 +50,13 @@ CONF = conf.CONF
 #: The only action recorded so far: a managed save to undo.
 MANAGED_SAVE = 'managed-save'
 
+#: Seconds :func:`recover` waits for a managed save that libvirtd still
+#: runs: a killed process's save goes on without it, and a domain that is
+#: active only until that save ends must then be restored.
+SAVE_WAIT = 600
+#: Seconds between two looks at that save job.
+SAVE_POLL = 0.1
+
 
 def directory(snapshots_directory=None):
     """The journal directory of this host.
@@ -234,6 +241,40 @@ def recover(conn, snapshots_directory=None, uuid=None, instance=None):
     return done
 
 
+def _save_running(dom):
+    try:
+        stats = dom.jobStats(0)
+    except libvirt.libvirtError:
+        return False
+    return (stats.get('type', libvirt.VIR_DOMAIN_JOB_NONE) !=
+            libvirt.VIR_DOMAIN_JOB_NONE and
+            stats.get('operation') == libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE)
+
+
+def _wait_for_save(dom, name, log_kw):
+    """Wait while libvirtd runs a save job of ``dom`` (at most
+    :data:`SAVE_WAIT` seconds).
+
+    A process killed during its managed save leaves libvirtd saving the
+    domain, which is active until the save ends: recovery must not take it
+    for a guest that runs again.
+    """
+    if not dom.isActive() or not _save_running(dom):
+        return
+    LOG.info('Waiting for the managed save of domain %(name)s, begun by '
+             'an interrupted snapshot, to end', {'name': name}, **log_kw)
+    deadline = time.monotonic() + SAVE_WAIT
+    while _save_running(dom):
+        if time.monotonic() > deadline:
+            LOG.warning('The managed save of domain %(name)s, begun by an '
+                        'interrupted snapshot, still runs after %(t)d s; '
+                        'if it ends, start the domain with "virsh start '
+                        '%(name)s" to restore its memory',
+                        {'name': name, 't': SAVE_WAIT}, **log_kw)
+            return
+        time.sleep(SAVE_POLL)
+
+
 def _recover_one(conn, entry, instance):
     uuid = entry.get('uuid')
     name = entry.get('name', uuid)
@@ -244,6 +285,7 @@ def _recover_one(conn, entry, instance):
         LOG.warning('Domain %(name)s, managed-saved by an interrupted '
                     'snapshot, no longer exists', {'name': name}, **log_kw)
         return None
+    _wait_for_save(dom, name, log_kw)
     if dom.isActive():
         return None
     if not dom.hasManagedSaveImage(0):

@@ -46,6 +46,28 @@ class FakeDom(object):
         self.active = True
         self.managed_save = False
 
+    def jobStats(self, flags):
+        return {'type': libvirt.VIR_DOMAIN_JOB_NONE}
+
+
+class SavingDom(FakeDom):
+    """A domain libvirtd is still managed-saving for a killed process."""
+
+    def __init__(self, polls):
+        super().__init__(active=True, managed_save=False)
+        self.polls = polls
+
+    def jobStats(self, flags):
+        if self.polls == 0:
+            return super().jobStats(flags)
+        self.polls -= 1
+        if self.polls == 0:
+            # The save ends.
+            self.active = False
+            self.managed_save = True
+        return {'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+                'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_SAVE}
+
 
 class FakeConn(object):
     def __init__(self, doms):
@@ -138,6 +160,26 @@ class JournalTestCase(base.BaseTestCase):
                                                  self.snapdir))
             self.assertEqual([], dom.started)
             self.assertEqual([], self.entries())
+
+    def test_recover_waits_for_a_save_that_still_runs(self):
+        self.useFixture(fixtures.MockPatch('time.sleep'))
+        self._orphan('paused')
+        dom = SavingDom(polls=3)
+        done = journal.recover(FakeConn({UUID: dom}), self.snapdir)
+        self.assertEqual([libvirt.VIR_DOMAIN_START_PAUSED], dom.started)
+        self.assertEqual(1, len(done))
+        self.assertEqual([], self.entries())
+
+    def test_recover_waits_for_a_save_at_most_save_wait(self):
+        self.useFixture(fixtures.MockPatch('time.sleep'))
+        self.useFixture(fixtures.MockPatchObject(journal, 'SAVE_WAIT', -1))
+        self._orphan()
+        dom = SavingDom(polls=-1)
+        with mock.patch.object(journal.LOG, 'warning') as warning:
+            self.assertEqual([], journal.recover(FakeConn({UUID: dom}),
+                                                 self.snapdir))
+        self.assertEqual([], dom.started)
+        self.assertIn('virsh start', warning.call_args[0][0])
 
     def test_recover_drops_the_entry_of_a_vanished_domain(self):
         self._orphan()
