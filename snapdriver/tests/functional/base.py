@@ -187,6 +187,19 @@ class StateSampler(threading.Thread):
         self._raise_error()
 
 
+def only_own_guests(drv, uuids):
+    """Make ``drv``'s host list only the domains whose UUID is in ``uuids``.
+
+    ``uuids`` is a set the caller may still fill.
+    """
+    real_list = drv._host.list_guests
+
+    def list_guests(only_running=True):
+        return [guest for guest in real_list(only_running=only_running)
+                if guest.uuid.lower() in uuids]
+    drv._host.list_guests = list_guests
+
+
 class DriverTestCase(base.BaseTestCase):
     """Runs LibvirtSnapshotDriver.snapshot() on real throwaway domains."""
 
@@ -221,14 +234,22 @@ class DriverTestCase(base.BaseTestCase):
         self.images = FakeImageService(self.uploads_directory)
         self.driver._image_api = self.images
         self.context = nova_context.get_admin_context()
+        # NOTE: each test is a compute host of its own (its own lock path
+        # and snapshots directory): its service-start cleanup
+        # (_clean_snapshot_leftovers) must see its own domains only, not
+        # those of the tests running beside it on the same libvirtd.
+        self.own_uuids = set()
+        only_own_guests(self.driver, self.own_uuids)
 
     def flags(self, group=None, **kw):
         for name, value in kw.items():
             self.conf.config(group=group, **{name: value})
 
     def make_domain(self, start_state='running', **kwargs):
-        return self.useFixture(real.RealDomain(start_state=start_state,
-                                               **kwargs))
+        domain = self.useFixture(real.RealDomain(start_state=start_state,
+                                                 **kwargs))
+        self.own_uuids.add(domain.uuid.lower())
+        return domain
 
     def make_instance(self, domain, image_properties=None):
         system_metadata = {}

@@ -800,7 +800,7 @@ def _snapshot_in_child(uuid, snapshots_directory, uploads_directory):
     drv.snapshot(None, instance, 'image-child', lambda **kw: None)
 
 
-def _init_host_in_child(snapshots_directory):
+def _init_host_in_child(snapshots_directory, uuid):
     """Be the restarted compute process of KilledComputeTestCase.
 
     Runs the whole ``init_host()``, LibvirtDriver's included, and exits.
@@ -820,6 +820,9 @@ def _init_host_in_child(snapshots_directory):
     code = 1
     try:
         drv = driver.LibvirtSnapshotDriver(fake_virt.FakeVirtAPI(), False)
+        # The parent test's domain is this host's only one (see
+        # base.DriverTestCase).
+        base.only_own_guests(drv, {uuid.lower()})
         drv.init_host(socket.gethostname())
         code = 0
     finally:
@@ -869,7 +872,7 @@ class KilledComputeTestCase(FaultTestCase):
             # init_host() in full, then snapdriver's cleanup.
             restart = subprocess.run(
                 [sys.executable, '-m', _MODULE, 'init-host',
-                 self.snapshots_directory],
+                 self.snapshots_directory, domain.uuid],
                 capture_output=True, text=True, timeout=300, cwd=_TOP)
             self.assertEqual(0, restart.returncode, restart.stderr)
             self.assertEqual({}, domain.dom.blockJobInfo('vda', 0))
