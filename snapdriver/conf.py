@@ -68,8 +68,14 @@ Possible values:
   persistent), then flattens the overlay.
 * ``cold-direct-extract``: managed-saves a running or paused guest, converts
   the disk directly, restores the guest.
-* ``cold-internal``: managed-saves the guest, takes a qcow2 internal snapshot,
-  extracts it, deletes it, restores the guest (qcow2 disks only).
+* ``cold-internal``: managed-saves a running or paused guest, takes a qcow2
+  internal snapshot, restores the guest, then extracts and deletes the
+  snapshot while the guest runs (qcow2 disks only). The image is the disk at
+  the managed save, as with ``cold-direct-extract``, but the guest is down
+  only for the save, the snapshot's creation and the restore, not for the
+  copy; list it before ``cold-direct-extract`` for the shortest cold
+  downtime. (With less free space beside the disk than the disk file's
+  allocated size, the guest stays saved until the extract is done.)
 * ``stock``: the inherited libvirt driver's ``snapshot()``; covers backends
   the other strategies do not (RBD, LVM, ploop).
 * Any name registered by a third-party package in the

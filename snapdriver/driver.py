@@ -71,11 +71,12 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
         the disk of a domain that does not run (internal snapshots of
         ours), also while a killed cold snapshot left it managed-saved;
         then such a guest is restored to the state it had
-        (:mod:`snapdriver.journal`); then the live strategies end the jobs
-        of their own left on the running domain (block copies, backups
-        onto our work files); then the domain's work directories of this
-        host are removed. Work directories of other hosts, in a
-        ``snapshots_directory`` on shared storage, are left alone.
+        (:mod:`snapdriver.journal`); then every strategy cleans what it
+        left on a running domain (block copies and backups onto our work
+        files; internal snapshots extracted after the guest's restore);
+        then the domain's work directories of this host are removed. Work
+        directories of other hosts, in a ``snapshots_directory`` on shared
+        storage, are left alone.
         """
         snapdir = CONF.libvirt.snapshots_directory
         try:
@@ -100,7 +101,7 @@ class LibvirtSnapshotDriver(libvirt_driver.LibvirtDriver):
                         self._clean_jobs(guest, cold, running=False)
                     journal.recover(conn, snapdir, uuid=uuid)
                     if guest is not None:
-                        self._clean_jobs(guest, live, running=True)
+                        self._clean_jobs(guest, live + cold, running=True)
                     for path in runner.clean_stale_workdirs(
                             snapdir, uuid, defined_here=guest is not None):
                         LOG.warning('Removed work directory %s left by an '

@@ -19,6 +19,7 @@ when the image asks for it, and always thaws them.
 """
 
 import contextlib
+import functools
 import time
 
 import libvirt
@@ -85,6 +86,22 @@ class GuestStateRecord(object):
         #: from then until the restore nothing writes the disk.
         self.saved_wall = None
         self.restored_at = None
+        #: Set by :func:`held` while it keeps a managed-saved guest.
+        self._restore = None
+
+    def release(self):
+        """Restore the guest now, before the ``with`` block of
+        :func:`held` ends.
+
+        For a strategy that holds the disk as it was at the managed save by
+        other means (an internal snapshot) and copies it while the guest
+        runs again. Does nothing when :func:`held` saved nothing or has
+        restored the guest already. Raises what the restore raised; it is
+        not tried again when the block ends.
+        """
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            restore()
 
     @property
     def downtime(self):
@@ -139,13 +156,15 @@ def held(request, needed, power, record=None):
                 if not _is_active(request) and _has_managed_save(request):
                     _restore(request, power, paused, record)
         record.saved_wall = time.time()
+        record._restore = functools.partial(_restore, request, power, paused,
+                                            record)
         try:
             yield record
         except BaseException:
             with excutils.save_and_reraise_exception():
-                _restore(request, power, paused, record)
+                record.release()
         else:
-            _restore(request, power, paused, record)
+            record.release()
 
 
 def _is_active(request):

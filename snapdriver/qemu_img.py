@@ -274,7 +274,7 @@ def _output_args(dest_fmt, compress):
 
 
 def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
-            compress=False, timeout=None):
+            compress=False, timeout=None, force_share=False):
     """Copy an image, or one of its internal snapshots, to a new file.
 
     The output is flat: data from the whole backing chain is copied.
@@ -289,6 +289,10 @@ def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
         compression_type``).
     :param timeout: seconds before qemu-img is killed; defaults to
         ``[snapdriver] qemu_img_timeout``.
+    :param force_share: open ``src`` although a running QEMU holds it
+        locked (``-U``). Only for reading an internal snapshot: its tables
+        and clusters are shared with the active layer, which QEMU copies
+        before it writes them, so they never change under the reader.
     :raises: :class:`exception.QemuImgFailed`,
         :class:`exception.QemuImgTimeout`
 
@@ -299,6 +303,10 @@ def convert(src, src_fmt, dest, dest_fmt, snapshot_name=None,
             '-O', _check_format(dest_fmt)]
     if snapshot_name:
         args += ['-l', 'snapshot.name=%s' % snapshot_name]
+    if force_share:
+        if not snapshot_name:
+            raise ValueError('force_share only reads an internal snapshot')
+        args.append('-U')
     args += ['-t', _convert_cache_mode(dest)]
     args += _output_args(dest_fmt, compress)
     args += ['--', src, dest]
@@ -338,6 +346,10 @@ def convert_from_nbd(uri, dest, dest_fmt, compress=False, timeout=None):
         compression_type``).
     :param timeout: seconds before qemu-img is killed; defaults to
         ``[snapdriver] qemu_img_timeout``.
+    :param force_share: open ``src`` although a running QEMU holds it
+        locked (``-U``). Only for reading an internal snapshot: its tables
+        and clusters are shared with the active layer, which QEMU copies
+        before it writes them, so they never change under the reader.
     :raises: :class:`exception.QemuImgFailed`,
         :class:`exception.QemuImgTimeout`
 
@@ -478,12 +490,14 @@ def snapshot_delete(path, name, fmt='qcow2'):
          timeout=CONF.snapdriver.qemu_img_timeout)
 
 
-def snapshot_list(path, fmt='qcow2'):
+def snapshot_list(path, fmt='qcow2', force_share=False):
     """Return the names of the internal snapshots of a qcow2 image.
 
+    :param force_share: read the table of an image a running QEMU holds
+        locked (``-U``).
     :raises: :class:`exception.QemuImgFailed`
     """
-    img = info(path, fmt)
+    img = info(path, fmt, force_share=force_share)
     return [s['name'] for s in (img.snapshots or [])]
 
 

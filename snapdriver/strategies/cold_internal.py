@@ -10,22 +10,43 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""cold-internal: the historical cold snapshot through a qcow2 internal
-snapshot.
+"""cold-internal: a cold snapshot through a qcow2 internal snapshot.
 
-The guest is managed-saved, an internal snapshot is created, extracted with
-``qemu-img convert -l snapshot.name=...`` (``-s`` was removed in QEMU 3.0)
-and deleted on every exit path, then the guest is restored.
+The guest is managed-saved and an internal snapshot of its disk is created
+(``qemu-img snapshot -c``): it holds the disk exactly as it was at the
+managed save. The guest is then restored at once, and the internal snapshot
+is extracted (``qemu-img convert -U -l snapshot.name=...``; ``-s`` was
+removed in QEMU 3.0) while the guest runs: QEMU copies every cluster and
+table the snapshot shares before it writes to it, so what the snapshot
+holds never changes under the reader. The guest is down only for the
+managed save, the snapshot's creation and the restore, however large the
+disk. Libvirt deletes the internal snapshot afterwards through the running
+QEMU (its record is defined for that moment only, with
+``VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE``).
+
+Each guest write to a cluster the snapshot shares takes a new cluster in
+the disk's filesystem until the snapshot is deleted: at most the disk
+file's allocated size again. When the filesystem has not that much free
+(beside the image, when the work directory is on it too), the guest stays
+managed-saved until the extract is done, as in the historical order
+(managed-save, create, extract, delete, restore), so that a full
+filesystem can never pause it. A guest that is shut off is extracted the
+same way, with no restore.
 """
 
 import glob
 import os
+import time
+from xml.etree import ElementTree
 
+import libvirt
 from oslo_log import log as logging
 from oslo_utils import excutils
 from oslo_utils import fileutils
+from oslo_utils import units
 from oslo_utils import uuidutils
 
+from snapdriver import exception
 from snapdriver import qemu_img
 from snapdriver import runner
 from snapdriver.strategies import base
@@ -45,7 +66,8 @@ INFLIGHT = 'cold-internal-inflight'
 class ColdInternal(base.SnapshotStrategy):
 
     description = ('Managed-save the guest, create a qcow2 internal '
-                   'snapshot, extract it, delete it, restore the guest.')
+                   'snapshot, restore the guest, extract the snapshot '
+                   'while the guest runs, delete it.')
     guest_state = base.GUEST_QUIET
 
     def unsupported_reason(self, request):
@@ -60,14 +82,17 @@ class ColdInternal(base.SnapshotStrategy):
     def clean_leftovers(self, request):
         """Repair the disk and delete our internal snapshots.
 
-        Only of a domain that does not run (shut off, or managed-saved by
-        a killed snapshot): qemu-img can open its disk then. The disk is
-        repaired (``qemu-img check -r all``) when a killed snapshot was
-        changing its snapshot table (:data:`INFLIGHT`).
+        The disk is repaired (``qemu-img check -r all``) when a killed
+        snapshot was changing its snapshot table (:data:`INFLIGHT`); only
+        while the domain does not run (shut off, or managed-saved by a
+        killed snapshot): qemu-img can open its disk then. The internal
+        snapshots (and libvirt records) of a killed snapshot are deleted
+        either way: by qemu-img, or through libvirt while the guest runs.
         """
         if not request.is_file_disk or request.source_format != 'qcow2':
             return []
         markers = self._inflight_markers(request)
+        done = []
         if request.is_active:
             if markers:
                 LOG.warning('A killed cold-internal snapshot was changing '
@@ -77,9 +102,7 @@ class ColdInternal(base.SnapshotStrategy):
                             'repairs it while the guest is off',
                             {'disk': request.disk_path},
                             instance=request.instance)
-            return []
-        done = []
-        if markers:
+        elif markers:
             report = qemu_img.repair(request.disk_path, 'qcow2')
             LOG.warning('Repaired %(disk)s after a killed cold-internal '
                         'snapshot: %(report)s', {'disk': request.disk_path,
@@ -89,7 +112,8 @@ class ColdInternal(base.SnapshotStrategy):
                 fileutils.delete_if_exists(marker)
             done.append('repaired %s' % request.disk_path)
         return done + ['internal snapshot %s' % name
-                       for name in self._remove_leftovers(request)]
+                       for name in self._remove_leftovers(
+                           request, request.is_active)]
 
     @staticmethod
     def _inflight_markers(request):
@@ -113,50 +137,162 @@ class ColdInternal(base.SnapshotStrategy):
             os.close(dir_fd)
         return path
 
-    def _remove_leftovers(self, request):
-        # NOTE: only possible with the guest managed-saved or off: qemu-img
-        # cannot open a disk a running QEMU holds locked.
+    def _remove_leftovers(self, request, running):
+        """Delete the internal snapshots a killed snapshot left.
+
+        :param running: the domain runs (or is paused): its QEMU holds the
+            disk.
+        """
         removed = []
-        for name in qemu_img.snapshot_list(request.disk_path, 'qcow2'):
-            if name.startswith(qemu_img.NAME_PREFIX):
+        dom = request.guest._domain if request.guest is not None else None
+        names = [name for name in qemu_img.snapshot_list(
+            request.disk_path, 'qcow2', force_share=running)
+            if name.startswith(qemu_img.NAME_PREFIX)]
+        if dom is not None:
+            # NOTE: a record left by a process killed between the redefine
+            # and the delete; libvirt deletes the snapshot with it.
+            for snap in dom.listAllSnapshots(0):
+                name = snap.getName()
+                if not name.startswith(qemu_img.NAME_PREFIX):
+                    continue
+                if name in names:
+                    snap.delete(0)
+                    names.remove(name)
+                    removed.append(name)
+                else:
+                    snap.delete(
+                        libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        for name in names:
+            if running:
+                # NOTE: qemu-img cannot change a disk a running QEMU holds
+                # locked: the QEMU deletes it, through libvirt.
+                delete_while_running(request, name)
+            else:
                 qemu_img.snapshot_delete(request.disk_path, name, 'qcow2')
-                LOG.warning('Deleted internal snapshot %(name)s of %(disk)s '
-                            'left by an interrupted snapshot',
-                            {'name': name, 'disk': request.disk_path},
-                            instance=request.instance)
-                removed.append(name)
+            removed.append(name)
+        for name in removed:
+            LOG.warning('Deleted internal snapshot %(name)s of %(disk)s '
+                        'left by an interrupted snapshot',
+                        {'name': name, 'disk': request.disk_path},
+                        instance=request.instance)
         return removed
 
     def capture(self, request, out_path, run):
         marker = self._mark(os.path.dirname(out_path))
-        self._remove_leftovers(request)
+        # The guest is managed-saved or shut off here.
+        self._remove_leftovers(request, False)
         name = qemu_img.NAME_PREFIX + uuidutils.generate_uuid(dashed=False)
         with run.phase('snapshot-create'):
             qemu_img.snapshot_create(request.disk_path, name, 'qcow2')
+        running = False
         try:
+            if run.guest.suspended_at is not None and self._room_to_run(
+                    request):
+                with run.phase('restore'):
+                    run.guest.release()
+                running = True
+                # NOTE: from here QEMU (through libvirt), not qemu-img,
+                # changes the snapshot table: a kill no longer leaves a
+                # half-written one.
+                fileutils.delete_if_exists(marker)
             with run.phase('extract'):
                 run.copy_begins()
                 qemu_img.convert(request.disk_path, 'qcow2', out_path,
                                  request.image_format, snapshot_name=name,
-                                 compress=request.compress)
+                                 compress=request.compress,
+                                 force_share=running)
         except Exception:
             with excutils.save_and_reraise_exception():
-                self._delete(request, name, run, quiet=True)
+                self._delete(request, name, run, running, quiet=True)
         else:
-            self._delete(request, name, run)
+            self._delete(request, name, run, running)
             # NOTE: the marker stays when the delete failed: the next
             # snapshot (or service start) repairs and deletes.
             fileutils.delete_if_exists(marker)
 
-    def _delete(self, request, name, run, quiet=False):
+    def _room_to_run(self, request):
+        """True when the guest can run while the snapshot exists.
+
+        Each guest write to a cluster the internal snapshot shares takes a
+        new cluster: at most the disk file's allocated size again, in the
+        disk's filesystem, where a write that finds no space pauses the
+        guest. The image needs its own space too when the work directory
+        shares that filesystem.
+        """
+        disk_dir = os.path.dirname(request.disk_path)
+        try:
+            rewrites = os.stat(request.disk_path).st_blocks * 512
+            fs = os.statvfs(disk_dir)
+            needed = rewrites
+            if (os.stat(disk_dir).st_dev ==
+                    os.stat(request.snapshots_directory).st_dev):
+                bound = request.size_bound(request.image_format)
+                needed += (bound if bound is not None
+                           else request.measure(request.image_format))
+        except (OSError, exception.QemuImgFailed) as e:
+            LOG.info('Keeping the guest managed-saved for the extract: '
+                     'cannot tell the free space of %(dir)s: %(err)s',
+                     {'dir': disk_dir, 'err': e}, instance=request.instance)
+            return False
+        free = fs.f_bavail * fs.f_frsize
+        if free < needed:
+            LOG.info('Keeping the guest managed-saved for the extract: '
+                     '%(dir)s has %(free)d MiB free, and the guest\'s '
+                     'writes during it could take %(needed)d MiB',
+                     {'dir': disk_dir, 'free': free // units.Mi,
+                      'needed': needed // units.Mi},
+                     instance=request.instance)
+            return False
+        return True
+
+    def _delete(self, request, name, run, running, quiet=False):
         try:
             with run.phase('snapshot-delete'):
-                qemu_img.snapshot_delete(request.disk_path, name, 'qcow2')
+                if running:
+                    delete_while_running(request, name)
+                else:
+                    qemu_img.snapshot_delete(request.disk_path, name,
+                                             'qcow2')
         except Exception:
             if not quiet:
                 raise
             LOG.exception('Could not delete internal snapshot %(name)s of '
                           '%(disk)s; the next cold-internal snapshot of this '
-                          'guest deletes it',
+                          'guest (or the service start) deletes it',
                           {'name': name, 'disk': request.disk_path},
                           instance=request.instance)
+
+
+def redefine_xml(name, domain_xml):
+    """Build the record of an existing internal snapshot.
+
+    For ``virDomainSnapshotCreateXML`` with
+    ``VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE``: libvirt only stores it (the
+    snapshot exists in the disk already) and needs the domain's
+    definition in it. It lists no disks: libvirt marks every qcow2 disk
+    ``internal`` (it refuses a record in which some are not) and the
+    read-only ones ``no``; QEMU then deletes the snapshot from the disks
+    that have it.
+    """
+    root = ElementTree.Element('domainsnapshot')
+    ElementTree.SubElement(root, 'name').text = name
+    ElementTree.SubElement(root, 'state').text = 'shutoff'
+    ElementTree.SubElement(root, 'creationTime').text = str(int(time.time()))
+    ElementTree.SubElement(root, 'memory', snapshot='no')
+    root.append(ElementTree.fromstring(domain_xml))
+    return ElementTree.tostring(root, encoding='unicode')
+
+
+def delete_while_running(request, name):
+    """Delete internal snapshot ``name`` of a running guest's disk.
+
+    qemu-img cannot write a disk a running QEMU holds locked; libvirt can
+    have the QEMU delete it, but only a snapshot it has a record of: the
+    record is defined (nothing changes in the disk) and the snapshot
+    deleted with it at once.
+    """
+    dom = request.guest._domain
+    xml = redefine_xml(name, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    snap = dom.snapshotCreateXML(
+        xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+    snap.delete(0)

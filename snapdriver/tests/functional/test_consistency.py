@@ -295,6 +295,65 @@ class TestLiveScatteredPointInTime(ConsistencyTestCase):
         self.assert_no_leftovers(guest)
 
 
+class TestColdScatteredPointInTime(TestLiveScatteredPointInTime):
+    """A cold snapshot of a guest rewriting scattered blocks is the disk at
+    the managed save, also when it is extracted while the guest runs again
+    (cold-internal): every rewrite then lands on a cluster the internal
+    snapshot shares.
+    """
+
+    scenarios = _scenarios(COLD)
+
+    def test_image_is_one_instant(self):
+        self.flags(strategies=[self.strategy], group='snapdriver')
+        real_restore = guest_state._restore
+        real_convert = qemu_img.convert
+        seen = {}
+
+        def spy_restore(request, power, paused, record):
+            seen['saved'] = writer_guest.verify_point_in_time(
+                request.disk_path, 'qcow2')
+            return real_restore(request, power, paused, record)
+
+        def spy_convert(src, src_fmt, dest, dest_fmt, **kwargs):
+            if src == guest.disk_path:
+                seen['extracted_while'] = guest.dom.state()[0]
+            return real_convert(src, src_fmt, dest, dest_fmt, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.guest_state._restore', spy_restore))
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert', spy_convert))
+        guest = self.boot(disk_mib=self.DISK_MIB, rate=0, scatter=True)
+        nblocks = self.DISK_MIB * units.Mi // writer_guest.BLOCK_SIZE
+        before = guest.wait_for_seq(2 * nblocks, timeout=240)
+
+        calls, sampler = self.snapshot(guest, sample=True)
+        guest.wait_for_seq(seen['saved'][0] + RESUME_BLOCKS, timeout=120)
+        n_disk, disk_run = self.disk_instant(guest)
+
+        self.assert_task_states(calls)
+        cutoff, run_id = writer_guest.verify_point_in_time(
+            self.images.uploads['image-1'], 'qcow2')
+        self.numbers.update(strategy=self.strategy, seq_before=before,
+                            image_cutoff=cutoff, disk_cutoff_after=n_disk)
+        self.assertEqual((cutoff, run_id), seen['saved'])
+        self.assertEqual(disk_run, run_id, 'the guest rebooted')
+        self.assertGreaterEqual(cutoff, before)
+        self.assertGreater(n_disk, cutoff)
+        self.assertEqual(
+            libvirt.VIR_DOMAIN_RUNNING if self.strategy == 'cold-internal'
+            else libvirt.VIR_DOMAIN_SHUTOFF, seen['extracted_while'])
+        self.assertIn('shutoff', sampler.states)
+        self.assertEqual(0, sampler.transient_samples)
+        self.assertTrue(guest.dom.isPersistent())
+        self.assertEqual(libvirt.VIR_DOMAIN_RUNNING, guest.dom.state()[0])
+        self.assertEqual([], os.listdir(self.snapshots_directory))
+        self.assertEqual([], real.internal_snapshots(guest.disk_path,
+                                                     force_share=True))
+        self.assertEqual([], guest.dom.listAllSnapshots(0))
+
+
 class TestColdPointInTime(ConsistencyTestCase):
     """A cold snapshot is the disk at the managed save; nothing is lost."""
 
@@ -302,22 +361,32 @@ class TestColdPointInTime(ConsistencyTestCase):
 
     def test_image_is_disk_at_managed_save(self):
         self.flags(strategies=[self.strategy], group='snapdriver')
-        cls = type(self.strategy_object(self.strategy))
-        real_capture = cls.capture
+        real_restore = guest_state._restore
+        real_convert = qemu_img.convert
+        reference = os.path.join(self.useFixture(fixtures.TempDir()).path,
+                                 'disk-at-restore.qcow2')
         seen = {}
 
-        def spy_capture(strategy, request, out_path, run):
-            real_capture(strategy, request, out_path, run)
-            # Still managed-saved: nothing writes the disk now.
+        def spy_restore(request, power, paused, record):
+            # The last moment of the managed save: the disk is still as it
+            # was at the save (cold-direct-extract: the image is made;
+            # cold-internal: its internal snapshot is). Keep a copy.
             seen['state'] = guest.dom.state()[0]
             seen['managed_save'] = guest.dom.hasManagedSaveImage()
             seen['disk'] = writer_guest.scan_image(request.disk_path,
                                                    'qcow2')
-            seen['equal'] = real.images_equal(out_path, request.image_format,
-                                              request.disk_path, 'qcow2')
+            real_convert(request.disk_path, 'qcow2', reference, 'qcow2')
+            return real_restore(request, power, paused, record)
+
+        def spy_convert(src, src_fmt, dest, dest_fmt, **kwargs):
+            if src == guest.disk_path:
+                seen['extracted_while'] = guest.dom.state()[0]
+            return real_convert(src, src_fmt, dest, dest_fmt, **kwargs)
 
         self.useFixture(fixtures.MonkeyPatch(
-            '%s.%s.capture' % (cls.__module__, cls.__name__), spy_capture))
+            'snapdriver.guest_state._restore', spy_restore))
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert', spy_convert))
 
         guest = self.boot()
         before = guest.wait_for_seq(MIN_BLOCKS, timeout=120)
@@ -329,8 +398,16 @@ class TestColdPointInTime(ConsistencyTestCase):
         self.assertEqual(libvirt.VIR_DOMAIN_SHUTOFF, seen['state'])
         self.assertTrue(seen['managed_save'])
         self.assertEqual((n, run_id), seen['disk'])
-        self.assertTrue(seen['equal'], 'the image differs from the disk '
-                        'as it was during the managed save')
+        self.assertTrue(real.images_equal(self.images.uploads['image-1'],
+                                          'qcow2', reference, 'qcow2'),
+                        'the image differs from the disk as it was during '
+                        'the managed save')
+        # cold-internal extracts its internal snapshot while the guest
+        # writes again (the work directory's filesystem has room for its
+        # rewrites); cold-direct-extract copies the saved disk.
+        self.assertEqual(
+            libvirt.VIR_DOMAIN_RUNNING if self.strategy == 'cold-internal'
+            else libvirt.VIR_DOMAIN_SHUTOFF, seen['extracted_while'])
         self.assertGreaterEqual(n, before)
         self.assert_sampled_throughout(sampler)
         self.assertIn('shutoff', sampler.states)

@@ -140,6 +140,42 @@ class HeldTestCase(base.BaseTestCase):
         self.assertRaises(KeyboardInterrupt, _run)
         self.assertEqual(['suspend', ('restore', False)], power.calls)
 
+    def test_release_restores_once_before_the_block_ends(self):
+        power = _Power()
+        with self._hold(power) as record:
+            record.release()
+            self.assertEqual(['suspend', ('restore', False)], power.calls)
+            self.assertIsNotNone(record.restored_at)
+            record.release()
+        self.assertEqual(['suspend', ('restore', False)], power.calls)
+
+    def test_failure_after_release_does_not_restore_again(self):
+        power = _Power()
+
+        def _fail():
+            with self._hold(power) as record:
+                record.release()
+                raise ValueError('extract failed')
+        self.assertRaises(ValueError, _fail)
+        self.assertEqual(['suspend', ('restore', False)], power.calls)
+
+    def test_failed_release_is_not_tried_again(self):
+        power = _Power()
+        power.restore = mock.Mock(side_effect=RuntimeError('restore failed'))
+
+        def _run():
+            with self._hold(power) as record:
+                record.release()
+        self.assertRaises(RuntimeError, _run)
+        power.restore.assert_called_once_with(False)
+
+    def test_release_without_a_managed_save_does_nothing(self):
+        power = _Power()
+        req = fakes.replace(self.request, power_state=power_state.SHUTDOWN)
+        with self._hold(power, req) as record:
+            record.release()
+        self.assertEqual([], power.calls)
+
     def test_failed_save_of_a_running_guest_is_not_restored(self):
         power = _Power(suspend_error=RuntimeError('managedSave failed'))
         self.guest.is_active.return_value = True

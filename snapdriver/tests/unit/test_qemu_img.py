@@ -193,6 +193,27 @@ class QemuImgTestCase(base.BaseTestCase):
         self.assertTrue(qemu_img.compare(out, 'raw', self.base, 'raw'))
         self.assertIsNone(qemu_img.info(out, 'raw').backing_file)
 
+    def test_convert_of_an_internal_snapshot_shared(self):
+        # -U with -l: the snapshot of an image a running QEMU holds.
+        qemu_img.snapshot_create(self.overlay, 'snapdriver-s', 'qcow2')
+        argv = self._path('argv')
+        self._fake_qemu_img('echo "$@" > %s; exec %s "$@"'
+                            % (argv, shutil.which('qemu-img')))
+        out = self._path('out.raw')
+        qemu_img.convert(self.overlay, 'qcow2', out, 'raw',
+                         snapshot_name='snapdriver-s', force_share=True)
+        with open(argv) as f:
+            words = f.read().split()
+        self.assertEqual(['-l', 'snapshot.name=snapdriver-s', '-U'],
+                         words[5:8])
+        self.assertTrue(qemu_img.compare(out, 'raw', self.base, 'raw'))
+        self.assertEqual(['snapdriver-s'], qemu_img.snapshot_list(
+            self.overlay, 'qcow2', force_share=True))
+
+    def test_convert_shares_only_an_internal_snapshot(self):
+        self.assertRaises(ValueError, qemu_img.convert, self.overlay,
+                          'qcow2', self._path('o'), 'raw', force_share=True)
+
     def test_convert_compressed_qcow2(self):
         out = self._path('out.qcow2')
         qemu_img.convert(self.overlay, 'qcow2', out, 'qcow2', compress=True)

@@ -301,3 +301,112 @@ class ColdInternalInflightTestCase(base.BaseTestCase):
         self.repair.assert_not_called()
         self.assertIn('check -r all', warning.call_args[0][0])
         self.assertTrue(os.path.exists(self.marker))
+
+
+class ColdInternalRestoreFirstTestCase(base.BaseTestCase):
+    """cold-internal restores the guest before it extracts its snapshot."""
+
+    def setUp(self):
+        super().setUp()
+        self.snapdir = self.useFixture(fixtures.TempDir()).path
+        self.diskdir = self.useFixture(fixtures.TempDir()).path
+        self.disk = os.path.join(self.diskdir, 'disk')
+        with open(self.disk, 'wb') as f:
+            f.write(b'x' * units.Mi)
+        self.dom = mock.Mock()
+        self.dom.XMLDesc.return_value = (
+            "<domain type='kvm'><name>i-1</name><devices><disk><target "
+            "dev='vda'/></disk></devices></domain>")
+        self.dom.listAllSnapshots.return_value = []
+        self.request = fakes.make_request(
+            guest=mock.Mock(_domain=self.dom), disk_path=self.disk,
+            backing_file=None, backing_format=None,
+            snapshots_directory=self.snapdir)
+        self.workdir = os.path.join(
+            self.snapdir, runner.workdir_prefix(self.request) + 'abc')
+        os.mkdir(self.workdir)
+        self.events = []
+        for name in ('snapshot_create', 'snapshot_delete', 'convert'):
+            self.useFixture(fixtures.MockPatch(
+                'snapdriver.qemu_img.' + name,
+                side_effect=lambda *a, _n=name, **k: self.events.append(
+                    (_n, k.get('force_share')))))
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.snapshot_list', return_value=[]))
+        self.run = runner.SnapshotRun(self.request, mock.Mock())
+        # As held() leaves it for a managed-saved guest.
+        self.run.guest.suspended_at = 1.0
+        self.run.guest._restore = lambda: self.events.append(('restore',))
+        self.strategy = cold_internal.ColdInternal()
+
+    def capture(self):
+        self.strategy.capture(self.request,
+                              os.path.join(self.workdir, 'out'), self.run)
+
+    def test_extract_runs_after_the_restore(self):
+        self.capture()
+        self.assertEqual([('snapshot_create', None), ('restore',),
+                          ('convert', True)], self.events)
+        # The running QEMU deletes it, through a record defined for that.
+        xml, flags = self.dom.snapshotCreateXML.call_args[0]
+        self.assertEqual(
+            cold_internal.libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE, flags)
+        self.assertIn('<name>snapdriver-', xml)
+        self.dom.snapshotCreateXML.return_value.delete.assert_called_once_with(
+            0)
+        self.assertEqual([], os.listdir(self.workdir))
+
+    def test_no_room_for_rewrites_keeps_the_guest_saved(self):
+        statvfs = os.statvfs(self.diskdir)
+        small = mock.Mock(f_bavail=1, f_frsize=statvfs.f_frsize)
+        with mock.patch('os.statvfs', return_value=small):
+            self.capture()
+        self.assertEqual([('snapshot_create', None), ('convert', False),
+                          ('snapshot_delete', None)], self.events)
+        self.dom.snapshotCreateXML.assert_not_called()
+
+    def test_shut_off_guest_has_nothing_to_restore(self):
+        self.run.guest.suspended_at = None
+        self.capture()
+        self.assertEqual([('snapshot_create', None), ('convert', False),
+                          ('snapshot_delete', None)], self.events)
+
+    def test_failed_extract_still_deletes_through_libvirt(self):
+        self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.convert',
+            side_effect=exception.QemuImgFailed(action='convert', path='d',
+                                                reason='x')))
+        self.assertRaises(exception.QemuImgFailed, self.capture)
+        self.dom.snapshotCreateXML.return_value.delete.assert_called_once_with(
+            0)
+
+    def test_cleaner_deletes_leftovers_of_a_running_guest(self):
+        names = ['snapdriver-aa', 'other', 'snapdriver-bb']
+        listed = self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.snapshot_list', return_value=names)).mock
+        recorded = mock.Mock()
+        recorded.getName.return_value = 'snapdriver-bb'
+        stale = mock.Mock()
+        stale.getName.return_value = 'snapdriver-cc'
+        self.dom.listAllSnapshots.return_value = [recorded, stale]
+        done = self.strategy.clean_leftovers(self.request)
+        listed.assert_called_once_with(self.disk, 'qcow2', force_share=True)
+        self.assertEqual(['internal snapshot snapdriver-bb',
+                          'internal snapshot snapdriver-aa'], done)
+        recorded.delete.assert_called_once_with(0)
+        stale.delete.assert_called_once_with(
+            cold_internal.libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        xml = self.dom.snapshotCreateXML.call_args[0][0]
+        self.assertIn('<name>snapdriver-aa</name>', xml)
+        self.assertEqual([], [e for e in self.events
+                              if e[0] == 'snapshot_delete'])
+
+    def test_redefine_xml(self):
+        xml = cold_internal.redefine_xml(
+            'snapdriver-x', self.dom.XMLDesc.return_value)
+        root = cold_internal.ElementTree.fromstring(xml)
+        self.assertEqual('snapdriver-x', root.findtext('name'))
+        self.assertEqual('shutoff', root.findtext('state'))
+        self.assertEqual('no', root.find('memory').get('snapshot'))
+        self.assertIsNone(root.find('disks'))
+        self.assertEqual('i-1', root.findtext('domain/name'))
