@@ -186,8 +186,9 @@ class ColdInternal(base.SnapshotStrategy):
             qemu_img.snapshot_create(request.disk_path, name, 'qcow2')
         running = False
         try:
-            if run.guest.suspended_at is not None and self._room_to_run(
-                    request):
+            if (run.guest.suspended_at is not None and
+                    self._room_to_run(request) and
+                    self._can_delete_running(request, name)):
                 with run.phase('restore'):
                     run.guest.release()
                 running = True
@@ -242,6 +243,31 @@ class ColdInternal(base.SnapshotStrategy):
                      {'dir': disk_dir, 'free': free // units.Mi,
                       'needed': needed // units.Mi},
                      instance=request.instance)
+            return False
+        return True
+
+    def _can_delete_running(self, request, name):
+        """True when libvirt will delete ``name`` while the guest runs.
+
+        Tried while the guest is still managed-saved: libvirt must accept
+        the snapshot's record for this domain (:func:`delete_while_running`
+        defines it again for the delete). The record is dropped at once
+        (metadata only; the internal snapshot stays), so the domain has
+        none during the extract. Otherwise the guest stays saved and
+        qemu-img deletes the snapshot, rather than a running guest keep an
+        internal snapshot nothing could delete.
+        """
+        dom = request.guest._domain
+        try:
+            snap = dom.snapshotCreateXML(
+                redefine_xml(name,
+                             dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)),
+                libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
+            snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+        except libvirt.libvirtError as e:
+            LOG.info('Keeping the guest managed-saved for the extract: '
+                     'libvirt would not delete its internal snapshot while '
+                     'it runs: %s', e, instance=request.instance)
             return False
         return True
 

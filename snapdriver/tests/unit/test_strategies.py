@@ -352,9 +352,21 @@ class ColdInternalRestoreFirstTestCase(base.BaseTestCase):
         self.assertEqual(
             cold_internal.libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE, flags)
         self.assertIn('<name>snapdriver-', xml)
-        self.dom.snapshotCreateXML.return_value.delete.assert_called_once_with(
-            0)
+        # Tried (and dropped) while saved, then defined for the delete.
+        self.assertEqual(2, self.dom.snapshotCreateXML.call_count)
+        self.assertEqual(
+            [mock.call(cold_internal.libvirt.
+                       VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY),
+             mock.call(0)],
+            self.dom.snapshotCreateXML.return_value.delete.call_args_list)
         self.assertEqual([], os.listdir(self.workdir))
+
+    def test_record_refused_keeps_the_guest_saved(self):
+        self.dom.snapshotCreateXML.side_effect = (
+            cold_internal.libvirt.libvirtError('unsupported'))
+        self.capture()
+        self.assertEqual([('snapshot_create', None), ('convert', False),
+                          ('snapshot_delete', None)], self.events)
 
     def test_no_room_for_rewrites_keeps_the_guest_saved(self):
         statvfs = os.statvfs(self.diskdir)
@@ -377,8 +389,7 @@ class ColdInternalRestoreFirstTestCase(base.BaseTestCase):
             side_effect=exception.QemuImgFailed(action='convert', path='d',
                                                 reason='x')))
         self.assertRaises(exception.QemuImgFailed, self.capture)
-        self.dom.snapshotCreateXML.return_value.delete.assert_called_once_with(
-            0)
+        self.dom.snapshotCreateXML.return_value.delete.assert_called_with(0)
 
     def test_cleaner_deletes_leftovers_of_a_running_guest(self):
         names = ['snapdriver-aa', 'other', 'snapdriver-bb']
