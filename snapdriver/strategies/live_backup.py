@@ -706,7 +706,7 @@ class LiveBackup(base.SnapshotStrategy):
         """
         with futures.ThreadPoolExecutor(max_workers=1) as pool:
             reservation = pool.submit(self._target_reservation, request)
-            qemu_img.create(path, 'qcow2', request.virtual_size)
+            qemu_img.create_empty_qcow2(path, request.virtual_size)
             size = reservation.result()
         space.reserve(path, size, instance=request.instance)
 

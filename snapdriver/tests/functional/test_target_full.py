@@ -367,7 +367,7 @@ class ReservationTestCase(base.DriverTestCase):
         images = self.useFixture(real.DiskImages(
             virtual_size=64 * units.Mi, data_size=12 * units.Mi))
         domain = self.make_domain('running', images=images)
-        real_create = qemu_img.create
+        real_create = qemu_img.create_empty_qcow2
         begun = []
 
         def create_then_fill(*args, **kwargs):
@@ -377,7 +377,7 @@ class ReservationTestCase(base.DriverTestCase):
             self.workfs.fill()
 
         self.useFixture(fixtures.MonkeyPatch(
-            'snapdriver.qemu_img.create', create_then_fill))
+            'snapdriver.qemu_img.create_empty_qcow2', create_then_fill))
         real_begin = libvirt.virDomain.backupBegin
 
         def backup_begin(dom, *args, **kwargs):

@@ -354,7 +354,7 @@ class JobTestCase(base.BaseTestCase):
         self.assertEqual([0.005, 0.01, 0.02, 0.04, 0.08, 0.1],
                          [c[0][0] for c in fake_time.sleep.call_args_list])
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_capture_aborts_the_job_when_polling_fails(self, create):
         dom = FakeDomain([RUNNING])
         request = _request(dom)
@@ -365,10 +365,9 @@ class JobTestCase(base.BaseTestCase):
                               self.strategy.capture, request, OUR_TARGET,
                               self.run_of(request))
         self.assertEqual(1, dom.aborted)
-        create.assert_called_once_with(OUR_TARGET, 'qcow2',
-                                       request.virtual_size)
+        create.assert_called_once_with(OUR_TARGET, request.virtual_size)
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_stopped_domain_error_reaches_the_runner(self, create):
         # The runner turns it into GuestStoppedDuringSnapshot for Nova.
         dom = FakeDomain([RUNNING])
@@ -383,7 +382,7 @@ class JobTestCase(base.BaseTestCase):
                          ex.get_error_code())
 
     @mock.patch.object(live_backup.qemu_img, 'convert')
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_capture_converts_a_raw_output(self, create, convert):
         dom = FakeDomain([NO_JOB], done=dict(DONE))
         request = _request(dom, image_format='raw')
@@ -446,7 +445,7 @@ class JobTestCase(base.BaseTestCase):
         self.assertEqual(qcow2 + (1 << 30), raw)
         self.assertIsNone(gone)
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_target_space_reserved_before_the_job(self, create):
         dom = FakeDomain([NO_JOB], done=dict(DONE))
         request = _request(dom)
@@ -457,7 +456,7 @@ class JobTestCase(base.BaseTestCase):
             OUR_TARGET, space.reservation_for(10 * units.Mi), instance=None)
         self.assertEqual(1, len(dom.begun))
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_reservation_failure_never_begins_the_job(self, create):
         dom = FakeDomain([NO_JOB], done=dict(DONE))
         request = _request(dom)
@@ -468,7 +467,7 @@ class JobTestCase(base.BaseTestCase):
                           self.run_of(request))
         self.assertEqual([], dom.begun)
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_guest_paused_by_io_error_is_resumed_and_said(self, create):
         dom = FakeDomain([RUNNING, NO_JOB], done=dict(
             CANCELLED, type=libvirt.VIR_DOMAIN_JOB_FAILED,
@@ -484,7 +483,7 @@ class JobTestCase(base.BaseTestCase):
         self.assertIn('was resumed', str(ex))
         self.assertNotIn('not changed', str(ex).split(')')[-1])
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_guest_paused_before_the_snapshot_stays_paused(self, create):
         dom = FakeDomain([NO_JOB], done=dict(DONE))
         dom.dom_state = (libvirt.VIR_DOMAIN_PAUSED,
@@ -493,7 +492,7 @@ class JobTestCase(base.BaseTestCase):
         self.strategy.capture(request, OUR_TARGET, self.run_of(request))
         self.assertEqual(0, dom.resumed)
 
-    @mock.patch.object(live_backup.qemu_img, 'create')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_io_paused_guest_of_a_good_job_is_resumed(self, create):
         # The guest's failed write never reached the disk: the image is
         # good and kept; the guest is resumed.
@@ -578,7 +577,7 @@ class PullTestCase(base.BaseTestCase):
         self.useFixture(fixtures.MockPatch(
             'snapdriver.qemu_img.measure', return_value=10 * units.Mi))
         self.create = self.useFixture(fixtures.MockPatch(
-            'snapdriver.qemu_img.create')).mock
+            'snapdriver.qemu_img.create_empty_qcow2')).mock
         self.convert = self.useFixture(fixtures.MockPatch(
             'snapdriver.qemu_img.convert_from_nbd',
             side_effect=lambda *a, **k: self.events.append(
@@ -631,7 +630,7 @@ class PullTestCase(base.BaseTestCase):
         sock = self.workdir + '/nbd/sock'
         self.assertEqual(sock, root.find('server').get('socket'))
         self.assertEqual([self.scratch], live_backup.backup_targets(xml))
-        self.create.assert_called_once_with(self.scratch, 'qcow2', 1 << 30)
+        self.create.assert_called_once_with(self.scratch, 1 << 30)
         self.reserve.assert_called_once_with(
             self.scratch, space.reservation_for(10 * units.Mi),
             instance=None)

@@ -496,3 +496,54 @@ class DieWithParentTestCase(base.BaseTestCase):
             self.assertLess(time.monotonic(), deadline,
                             'the child outlived its parent')
             time.sleep(0.05)
+
+
+class EmptyQcow2TestCase(base.BaseTestCase):
+    """create_empty_qcow2 writes what qemu-img create writes."""
+
+    def setUp(self):
+        super().setUp()
+        self.dir = fakes.qemu_img_dir(self)
+        self.useFixture(fixtures.MockPatchObject(qemu_img, '_EMPTY_QCOW2',
+                                                 {}))
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    def _bytes(self, path):
+        with open(path, 'rb') as f:
+            return f.read()
+
+    def test_same_bytes_as_qemu_img_without_a_process(self):
+        size = 3 * units.Gi + 64 * units.Ki
+        qemu_img.create(self._path('ref.qcow2'), 'qcow2', size)
+        qemu_img.create_empty_qcow2(self._path('first.qcow2'), size)
+        with mock.patch.object(qemu_img, '_run') as run:
+            qemu_img.create_empty_qcow2(self._path('second.qcow2'), size)
+        run.assert_not_called()
+        ref = self._bytes(self._path('ref.qcow2'))
+        self.assertEqual(ref, self._bytes(self._path('first.qcow2')))
+        self.assertEqual(ref, self._bytes(self._path('second.qcow2')))
+        info = qemu_img.info(self._path('second.qcow2'), 'qcow2')
+        self.assertEqual(size, info.virtual_size)
+        self.assertIsNone(info.backing_file)
+
+    def test_each_size_is_made_by_qemu_img_once(self):
+        with mock.patch.object(qemu_img, 'create',
+                               wraps=qemu_img.create) as create:
+            for i, size in enumerate((units.Gi, 2 * units.Gi, units.Gi)):
+                qemu_img.create_empty_qcow2(self._path('%d' % i), size)
+        self.assertEqual(
+            [mock.call(self._path('0'), 'qcow2', units.Gi),
+             mock.call(self._path('1'), 'qcow2', 2 * units.Gi)],
+            create.call_args_list)
+        self.assertEqual(self._bytes(self._path('0')),
+                         self._bytes(self._path('2')))
+
+    def test_at_most_empty_qcow2_sizes_kept(self):
+        self.useFixture(fixtures.MockPatchObject(
+            qemu_img, 'EMPTY_QCOW2_SIZES', 2))
+        for i in range(1, 4):
+            qemu_img.create_empty_qcow2(self._path('%d' % i), i * units.Gi)
+        self.assertEqual([2 * units.Gi, 3 * units.Gi],
+                         sorted(qemu_img._EMPTY_QCOW2))
