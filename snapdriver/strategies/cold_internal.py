@@ -204,7 +204,10 @@ class ColdInternal(base.SnapshotStrategy):
                                  force_share=running)
         except Exception:
             with excutils.save_and_reraise_exception():
-                self._delete(request, name, run, running, quiet=True)
+                # NOTE: a restore that failed part-way may have started
+                # the guest all the same: then only its QEMU can delete.
+                self._delete(request, name, run,
+                             running or _is_active(request), quiet=True)
         else:
             self._delete(request, name, run, running)
             # NOTE: the marker stays when the delete failed: the next
@@ -287,6 +290,13 @@ class ColdInternal(base.SnapshotStrategy):
                           'guest (or the service start) deletes it',
                           {'name': name, 'disk': request.disk_path},
                           instance=request.instance)
+
+
+def _is_active(request):
+    try:
+        return bool(request.guest._domain.isActive())
+    except Exception:
+        return False
 
 
 def redefine_xml(name, domain_xml):

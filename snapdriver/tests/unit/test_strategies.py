@@ -391,6 +391,24 @@ class ColdInternalRestoreFirstTestCase(base.BaseTestCase):
         self.assertRaises(exception.QemuImgFailed, self.capture)
         self.dom.snapshotCreateXML.return_value.delete.assert_called_with(0)
 
+    def test_restore_failed_after_the_start_deletes_through_libvirt(self):
+        def restore():
+            raise RuntimeError('PCI device re-attach failed')
+        self.run.guest._restore = restore
+        self.dom.isActive.return_value = True
+        self.assertRaises(RuntimeError, self.capture)
+        self.dom.snapshotCreateXML.return_value.delete.assert_called_with(0)
+        self.assertEqual([('snapshot_create', None)], self.events)
+
+    def test_restore_failed_deletes_with_qemu_img_while_saved(self):
+        def restore():
+            raise RuntimeError('restore failed')
+        self.run.guest._restore = restore
+        self.dom.isActive.return_value = False
+        self.assertRaises(RuntimeError, self.capture)
+        self.assertEqual([('snapshot_create', None),
+                          ('snapshot_delete', None)], self.events)
+
     def test_cleaner_deletes_leftovers_of_a_running_guest(self):
         names = ['snapdriver-aa', 'other', 'snapdriver-bb']
         listed = self.useFixture(fixtures.MockPatch(
