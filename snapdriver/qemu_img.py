@@ -384,10 +384,6 @@ def convert_from_nbd(uri, dest, dest_fmt, compress=False, timeout=None):
         compression_type``).
     :param timeout: seconds before qemu-img is killed; defaults to
         ``[snapdriver] qemu_img_timeout``.
-    :param force_share: open ``src`` although a running QEMU holds it
-        locked (``-U``). Only for reading an internal snapshot: its tables
-        and clusters are shared with the active layer, which QEMU copies
-        before it writes them, so they never change under the reader.
     :raises: :class:`exception.QemuImgFailed`,
         :class:`exception.QemuImgTimeout`
 

@@ -260,13 +260,9 @@ class ColdInternal(base.SnapshotStrategy):
         qemu-img deletes the snapshot, rather than a running guest keep an
         internal snapshot nothing could delete.
         """
-        dom = request.guest._domain
         try:
-            snap = dom.snapshotCreateXML(
-                redefine_xml(name,
-                             dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)),
-                libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
-            snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+            _record(request, name).delete(
+                libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
         except libvirt.libvirtError as e:
             LOG.info('Keeping the guest managed-saved for the extract: '
                      'libvirt would not delete its internal snapshot while '
@@ -294,7 +290,7 @@ class ColdInternal(base.SnapshotStrategy):
 
 def _is_active(request):
     try:
-        return bool(request.guest._domain.isActive())
+        return bool(request.guest.is_active())
     except Exception:
         return False
 
@@ -327,8 +323,12 @@ def delete_while_running(request, name):
     record is defined (nothing changes in the disk) and the snapshot
     deleted with it at once.
     """
+    _record(request, name).delete(0)
+
+
+def _record(request, name):
+    """Define libvirt's record of internal snapshot ``name``; return it."""
     dom = request.guest._domain
-    xml = redefine_xml(name, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-    snap = dom.snapshotCreateXML(
-        xml, libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)
-    snap.delete(0)
+    return dom.snapshotCreateXML(
+        redefine_xml(name, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)),
+        libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE)

@@ -391,21 +391,21 @@ class ColdInternalRestoreFirstTestCase(base.BaseTestCase):
         self.assertRaises(exception.QemuImgFailed, self.capture)
         self.dom.snapshotCreateXML.return_value.delete.assert_called_with(0)
 
-    def test_restore_failed_after_the_start_deletes_through_libvirt(self):
+    def _restore_fails(self, guest_started):
         def restore():
-            raise RuntimeError('PCI device re-attach failed')
+            raise RuntimeError('restore failed')
         self.run.guest._restore = restore
-        self.dom.isActive.return_value = True
+        self.request.guest.is_active.return_value = guest_started
         self.assertRaises(RuntimeError, self.capture)
+
+    def test_restore_failed_after_the_start_deletes_through_libvirt(self):
+        # E.g. the guest started, then a PCI device re-attach failed.
+        self._restore_fails(guest_started=True)
         self.dom.snapshotCreateXML.return_value.delete.assert_called_with(0)
         self.assertEqual([('snapshot_create', None)], self.events)
 
     def test_restore_failed_deletes_with_qemu_img_while_saved(self):
-        def restore():
-            raise RuntimeError('restore failed')
-        self.run.guest._restore = restore
-        self.dom.isActive.return_value = False
-        self.assertRaises(RuntimeError, self.capture)
+        self._restore_fails(guest_started=False)
         self.assertEqual([('snapshot_create', None),
                           ('snapshot_delete', None)], self.events)
 
