@@ -197,6 +197,51 @@ class ConsistencyTestCase(base.DriverTestCase):
                                   image_format='qcow2',
                                   image_properties=image_properties)
 
+    def watch_cold_snapshot(self, at_restore, seq_of):
+        """Spy a cold snapshot's restore and its read of the disk.
+
+        ``at_restore(request)`` runs at the last moment of the managed
+        save, just before the restore (the disk is still as it was at the
+        save); its result is ``seen['saved']``, and ``seq_of(saved)`` the
+        writer's newest block on the disk then. ``seen['extracted_while']``
+        is the domain's state when the snapshot's copy read the disk of
+        ``seen['guest']``, which the test sets once it has booted it. A
+        copy that reads while the guest runs starts only once the guest
+        has written RESUME_BLOCKS more blocks: a copy of the disk's
+        current state, not of the snapshot, then differs from the disk at
+        the save.
+        """
+        real_restore = guest_state._restore
+        real_convert = qemu_img.convert
+        seen = {}
+
+        def spy_restore(request, power, paused, record):
+            seen['saved'] = at_restore(request)
+            return real_restore(request, power, paused, record)
+
+        def spy_convert(src, src_fmt, dest, dest_fmt, **kwargs):
+            guest = seen['guest']
+            if src == guest.disk_path:
+                seen['extracted_while'] = guest.dom.state()[0]
+                if seen['extracted_while'] == libvirt.VIR_DOMAIN_RUNNING:
+                    guest.wait_for_seq(seq_of(seen['saved']) + RESUME_BLOCKS,
+                                       timeout=120)
+            return real_convert(src, src_fmt, dest, dest_fmt, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.guest_state._restore', spy_restore))
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert', spy_convert))
+        return seen
+
+    def assert_extracted_while(self, seen):
+        # cold-internal extracts its internal snapshot while the guest
+        # runs again (the work directory's filesystem has room for its
+        # rewrites); cold-direct-extract copies the saved disk.
+        self.assertEqual(
+            libvirt.VIR_DOMAIN_RUNNING if self.strategy == 'cold-internal'
+            else libvirt.VIR_DOMAIN_SHUTOFF, seen['extracted_while'])
+
     def assert_no_leftovers(self, guest):
         self.assertEqual([], os.listdir(self.snapshots_directory))
         self.assertEqual({}, guest.dom.blockJobInfo('vda', 0),
@@ -306,25 +351,12 @@ class TestColdScatteredPointInTime(TestLiveScatteredPointInTime):
 
     def test_image_is_one_instant(self):
         self.flags(strategies=[self.strategy], group='snapdriver')
-        real_restore = guest_state._restore
-        real_convert = qemu_img.convert
-        seen = {}
-
-        def spy_restore(request, power, paused, record):
-            seen['saved'] = writer_guest.verify_point_in_time(
-                request.disk_path, 'qcow2')
-            return real_restore(request, power, paused, record)
-
-        def spy_convert(src, src_fmt, dest, dest_fmt, **kwargs):
-            if src == guest.disk_path:
-                seen['extracted_while'] = guest.dom.state()[0]
-            return real_convert(src, src_fmt, dest, dest_fmt, **kwargs)
-
-        self.useFixture(fixtures.MonkeyPatch(
-            'snapdriver.guest_state._restore', spy_restore))
-        self.useFixture(fixtures.MonkeyPatch(
-            'snapdriver.qemu_img.convert', spy_convert))
-        guest = self.boot(disk_mib=self.DISK_MIB, rate=0, scatter=True)
+        seen = self.watch_cold_snapshot(
+            lambda request: writer_guest.verify_point_in_time(
+                request.disk_path, 'qcow2'),
+            seq_of=lambda saved: saved[0])
+        guest = seen['guest'] = self.boot(disk_mib=self.DISK_MIB, rate=0,
+                                          scatter=True)
         nblocks = self.DISK_MIB * units.Mi // writer_guest.BLOCK_SIZE
         before = guest.wait_for_seq(2 * nblocks, timeout=240)
 
@@ -341,9 +373,7 @@ class TestColdScatteredPointInTime(TestLiveScatteredPointInTime):
         self.assertEqual(disk_run, run_id, 'the guest rebooted')
         self.assertGreaterEqual(cutoff, before)
         self.assertGreater(n_disk, cutoff)
-        self.assertEqual(
-            libvirt.VIR_DOMAIN_RUNNING if self.strategy == 'cold-internal'
-            else libvirt.VIR_DOMAIN_SHUTOFF, seen['extracted_while'])
+        self.assert_extracted_while(seen)
         self.assertIn('shutoff', sampler.states)
         self.assertEqual(0, sampler.transient_samples)
         self.assertTrue(guest.dom.isPersistent())
@@ -361,53 +391,37 @@ class TestColdPointInTime(ConsistencyTestCase):
 
     def test_image_is_disk_at_managed_save(self):
         self.flags(strategies=[self.strategy], group='snapdriver')
-        real_restore = guest_state._restore
-        real_convert = qemu_img.convert
         reference = os.path.join(self.useFixture(fixtures.TempDir()).path,
                                  'disk-at-restore.qcow2')
-        seen = {}
+        copy = qemu_img.convert  # before the spy replaces it
 
-        def spy_restore(request, power, paused, record):
-            # The last moment of the managed save: the disk is still as it
-            # was at the save (cold-direct-extract: the image is made;
-            # cold-internal: its internal snapshot is). Keep a copy.
-            seen['state'] = guest.dom.state()[0]
-            seen['managed_save'] = guest.dom.hasManagedSaveImage()
-            seen['disk'] = writer_guest.scan_image(request.disk_path,
-                                                   'qcow2')
-            real_convert(request.disk_path, 'qcow2', reference, 'qcow2')
-            return real_restore(request, power, paused, record)
+        def at_restore(request):
+            # The disk is still as it was at the save (cold-direct-extract:
+            # the image is made; cold-internal: its internal snapshot is).
+            # Keep a copy.
+            copy(request.disk_path, 'qcow2', reference, 'qcow2')
+            return {'state': guest.dom.state()[0],
+                    'managed_save': guest.dom.hasManagedSaveImage(),
+                    'disk': writer_guest.scan_image(request.disk_path,
+                                                    'qcow2')}
 
-        def spy_convert(src, src_fmt, dest, dest_fmt, **kwargs):
-            if src == guest.disk_path:
-                seen['extracted_while'] = guest.dom.state()[0]
-            return real_convert(src, src_fmt, dest, dest_fmt, **kwargs)
-
-        self.useFixture(fixtures.MonkeyPatch(
-            'snapdriver.guest_state._restore', spy_restore))
-        self.useFixture(fixtures.MonkeyPatch(
-            'snapdriver.qemu_img.convert', spy_convert))
-
-        guest = self.boot()
+        seen = self.watch_cold_snapshot(
+            at_restore, seq_of=lambda saved: saved['disk'][0])
+        guest = seen['guest'] = self.boot()
         before = guest.wait_for_seq(MIN_BLOCKS, timeout=120)
         calls, sampler = self.snapshot(guest, sample=True)
 
         self.assert_task_states(calls)
         n, run_id = writer_guest.scan_image(self.images.uploads['image-1'],
                                             'qcow2')
-        self.assertEqual(libvirt.VIR_DOMAIN_SHUTOFF, seen['state'])
-        self.assertTrue(seen['managed_save'])
-        self.assertEqual((n, run_id), seen['disk'])
+        self.assertEqual(libvirt.VIR_DOMAIN_SHUTOFF, seen['saved']['state'])
+        self.assertTrue(seen['saved']['managed_save'])
+        self.assertEqual((n, run_id), seen['saved']['disk'])
         self.assertTrue(real.images_equal(self.images.uploads['image-1'],
                                           'qcow2', reference, 'qcow2'),
                         'the image differs from the disk as it was during '
                         'the managed save')
-        # cold-internal extracts its internal snapshot while the guest
-        # writes again (the work directory's filesystem has room for its
-        # rewrites); cold-direct-extract copies the saved disk.
-        self.assertEqual(
-            libvirt.VIR_DOMAIN_RUNNING if self.strategy == 'cold-internal'
-            else libvirt.VIR_DOMAIN_SHUTOFF, seen['extracted_while'])
+        self.assert_extracted_while(seen)
         self.assertGreaterEqual(n, before)
         self.assert_sampled_throughout(sampler)
         self.assertIn('shutoff', sampler.states)

@@ -35,6 +35,8 @@ import testscenarios
 from snapdriver import conf
 from snapdriver import driver
 from snapdriver import journal
+from snapdriver import qemu_img
+from snapdriver.strategies import cold_internal
 from snapdriver.tests.functional import base
 from snapdriver.tests.functional import fixtures as real
 
@@ -178,3 +180,43 @@ class NotOursTestCase(base.DriverTestCase):
 
 if __name__ == '__main__':
     _snapshot_in_child(*sys.argv[1:])
+
+
+class RunningGuestLeftoverTestCase(base.DriverTestCase):
+    """What a cold-internal snapshot killed after its early restore leaves.
+
+    The guest runs again and its disk holds our internal snapshot (and, if
+    the kill came between the record's definition and the delete, libvirt's
+    record of it): the service start deletes both through libvirt.
+    """
+
+    def _left(self, record):
+        domain = self.make_domain('running')
+        domain.dom.managedSave(0)
+        qemu_img.snapshot_create(domain.disk_path, 'snapdriver-left',
+                                 'qcow2')
+        domain.dom.create()
+        if record:
+            request = types.SimpleNamespace(
+                guest=types.SimpleNamespace(_domain=domain.dom))
+            cold_internal._record(request, 'snapdriver-left')
+        self.assertEqual(['snapdriver-left'], [
+            s['name'] for s in real.internal_snapshots(domain.disk_path,
+                                                       force_share=True)])
+        return domain
+
+    def assert_cleaned(self, domain):
+        self.driver._clean_snapshot_leftovers()
+        self.assertEqual('running', domain.state())
+        self.assertTrue(domain.is_persistent())
+        self.assertEqual([], real.internal_snapshots(domain.disk_path,
+                                                     force_share=True))
+        self.assertEqual([], domain.dom.listAllSnapshots(0))
+
+    def test_internal_snapshot_of_a_running_guest(self):
+        self.assert_cleaned(self._left(record=False))
+
+    def test_record_and_snapshot_of_a_running_guest(self):
+        domain = self._left(record=True)
+        self.assertEqual(1, len(domain.dom.listAllSnapshots(0)))
+        self.assert_cleaned(domain)
