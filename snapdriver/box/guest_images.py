@@ -99,10 +99,12 @@ def register(box):
     return ids
 
 
-def register_root(box, name, ids=None, **properties):
+def register_root(box, name, ids=None, disk=None, **properties):
     """Register another root disk image of the test guest.
 
     :param ids: the kernel and ramdisk ids (default: the box's).
+    :param disk: a qcow2 file to upload as the root disk (default: an
+        empty one of ``ROOT_DISK_MIB``).
     :param properties: image properties added to (or replacing) those
         of the box's root image, e.g. ``os_require_quiesce='yes'``.
     :returns: the image id.
@@ -112,6 +114,8 @@ def register_root(box, name, ids=None, **properties):
              'os_command_line': cmdline(box.state['virt_type']),
              'hw_qemu_guest_agent': 'yes'}
     props.update(properties)
+    if disk is not None:
+        return _upload(box.session(), name, disk, 'qcow2', 'bare', props)
     with tempfile.TemporaryDirectory(dir=box.dir) as tmp:
         disk = os.path.join(tmp, 'root.qcow2')
         subprocess.run(['qemu-img', 'create', '-q', '-f', 'qcow2', disk,

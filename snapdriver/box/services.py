@@ -904,10 +904,17 @@ class Box(object):
         self.write_compute_conf(self.state.get('strategies'))
 
     def write_compute_conf(self, strategies=None):
-        """nova-cpu.conf: nova-compute's options (no database access)."""
+        """nova-cpu.conf: nova-compute's options (no database access).
+
+        Options of ``state['compute_options']`` (``{section: {name:
+        value}}``, set by :meth:`restart_compute`) are added.
+        """
         sections = self._nova_sections(with_db=False)
         if strategies:
             sections['snapdriver'] = {'strategies': ', '.join(strategies)}
+        for section, options in self.state.get('compute_options',
+                                               {}).items():
+            sections.setdefault(section, {}).update(options)
         _write(self.path('etc', 'nova-cpu.conf'), _ini(sections))
 
     def _nova_dbs(self):
@@ -983,13 +990,20 @@ class Box(object):
                 return bool(rps['resource_providers'])
         return False
 
-    def restart_compute(self, strategies=None):
-        """Stop nova-compute and start it with other strategies."""
+    def restart_compute(self, strategies=None, options=None):
+        """Stop nova-compute and start it with other strategies.
+
+        :param options: ``{section: {name: value}}`` added to
+            nova-cpu.conf (e.g. ``{'workarounds':
+            {'disable_libvirt_livesnapshot': 'True'}}``); ``None`` for
+            none.
+        """
         # NOTE: nova-compute takes 10-20 s to leave on SIGTERM when idle;
         # with no request in flight (the callers wait for task_state None)
         # five seconds of grace are enough.
         self.stop_process('nova-compute', timeout=5)
         self.state['strategies'] = strategies
+        self.state['compute_options'] = options or {}
         self.start_compute(strategies)
 
     # -- flavor and images ---------------------------------------------

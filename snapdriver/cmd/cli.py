@@ -547,6 +547,19 @@ def cmd_demo(args, out):
     return demo.run(args, out)
 
 
+def cmd_bench_box(args, out):
+    from snapdriver.box import bench
+    return bench.run(args, out)
+
+
+def _int_list(text):
+    return [int(v) for v in text.split(',') if v]
+
+
+def _float_list(text):
+    return [float(v) for v in text.split(',') if v]
+
+
 def cmd_box(args, out):
     from snapdriver.box import cmd as box_cmd
     return box_cmd.run(args, out)
@@ -620,6 +633,32 @@ def build_parser():
     p.add_argument('--keep', action='store_true',
                    help='leave the box running at the end.')
     p.set_defaults(func=cmd_demo, quiet_logs=True)
+
+    p = sub.add_parser(
+        'bench-box', help='time "createImage" on guests Nova booted in the '
+                          'box: stock Nova and each strategy, same disk '
+                          '(writes box-results.md and .json).')
+    p.add_argument('--sizes', type=_int_list, default=[2], metavar='GIB,..',
+                   help='root disk sizes in GiB (default: 2).')
+    p.add_argument('--fill', type=_float_list, default=[0.25, 0.75],
+                   metavar='F,..',
+                   help='fraction of the disk holding data, half in the '
+                        'image (_base), half copied by the guest (the '
+                        'overlay) (default: 0.25,0.75).')
+    p.add_argument('--case', action='append', dest='cases', metavar='NAME',
+                   help='run only this case (repeatable): stock-live, '
+                        'stock-cold or a strategy name.')
+    p.add_argument('--repeat', type=int, default=3,
+                   help='snapshots per case and disk (default: 3).')
+    p.add_argument('--box-dir', default=_box_default_dir() + '-bench',
+                   metavar='DIR', help='where the box lives while the '
+                                       'benchmark runs (default: '
+                                       '%(default)s).')
+    p.add_argument('--output-dir', default='bench-results', metavar='DIR',
+                   help='where the results go (default: %(default)s).')
+    p.add_argument('--keep', action='store_true',
+                   help='leave the box running at the end.')
+    p.set_defaults(func=cmd_bench_box, quiet_logs=True)
 
     p = sub.add_parser(
         'box', help='a compute host in a box on 127.0.0.1: start, status, '
