@@ -41,8 +41,8 @@ inherited ``LibvirtDriver.snapshot()``; its cold case sets
 
 What the API shows includes Nova's own steps around the driver (RPC, the
 image record, the upload to Glance, the task-state updates), the same for
-every case; "to upload" is when the server's task state was first seen
-``image_uploading`` (the driver's copy is done), to 0.1 s.
+every case; "to upload" is when the server's task state was last seen
+turning ``image_uploading`` (the driver's copy is done), to 0.1 s.
 """
 
 import hashlib
@@ -335,19 +335,25 @@ class BoxBench(object):
     def _wait(self, server_id, image_id):
         """Poll until the image is active and the server has no task.
 
-        :returns: seconds until the task state was first seen
+        :returns: seconds until the task state was last seen turning
             ``image_uploading`` (None if never), and until the end.
+
+        NOTE: the stock driver sets ``image_uploading`` for a moment
+        before its copy too (for an RBD direct snapshot), then sets
+        ``image_pending_upload`` back: only the last change counts.
         """
         t0 = time.monotonic()
         uploading = None
+        previous = None
         active = False
         while True:
             now = time.monotonic()
             server = self.sess.get('/servers/%s' % server_id,
                                    endpoint_filter=COMPUTE).json()['server']
             task = server.get('OS-EXT-STS:task_state')
-            if task == 'image_uploading' and uploading is None:
+            if task == 'image_uploading' and previous != task:
                 uploading = now - t0
+            previous = task
             if not active:
                 status = self.sess.get('/v2/images/%s' % image_id,
                                        endpoint_filter=IMAGE).json()['status']
