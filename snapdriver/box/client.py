@@ -133,6 +133,22 @@ class BoxClient(object):
     def instance_dir(self, server):
         return os.path.join(self.box.instances_path, server['id'])
 
+    def strategy_used(self, server_id):
+        """The strategy nova-compute logged last for this server, or None.
+
+        The driver logs "Snapshot strategy NAME chosen for ..." with the
+        instance at every snapshot.
+        """
+        try:
+            with open(self.box.log('nova-compute'), errors='replace') as f:
+                lines = [ln for ln in f if 'Snapshot strategy ' in ln and
+                         ' chosen for ' in ln and server_id in ln]
+        except OSError:
+            return None
+        if not lines:
+            return None
+        return lines[-1].split('Snapshot strategy ', 1)[1].split(' ', 1)[0]
+
     # -- images --------------------------------------------------------
 
     def image_create(self, server_id, name, wait=True):

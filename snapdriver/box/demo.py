@@ -169,7 +169,7 @@ class Demo(object):
                 'OS-EXT-STS:task_state'):
             raise AssertionError('source is %s/%s after the snapshot' % (
                 server['status'], server.get('OS-EXT-STS:task_state')))
-        row.used = self.strategy_used(image['id'])
+        row.used = self.client.strategy_used(self.source['id'])
         path = os.path.join(self.workdir, image['id'])
         self.timed(row, 'image save', self.client.image_save, image['id'],
                    path)
@@ -192,18 +192,6 @@ class Demo(object):
         self.say('  clone %s read its disk: blocks 1..%d as written, then '
                  'empty' % (clone['id'], n))
         self.client.delete_server(clone['id'], wait=False)
-
-    def strategy_used(self, image_id):
-        """The strategy nova-compute logged for this snapshot."""
-        try:
-            with open(self.box.log('nova-compute'), errors='replace') as f:
-                lines = [ln for ln in f if 'Snapshot strategy ' in ln and
-                         ' chosen for ' in ln and self.source['id'] in ln]
-        except OSError:
-            return None
-        if not lines:
-            return None
-        return lines[-1].split('Snapshot strategy ', 1)[1].split(' ', 1)[0]
 
     def table(self):
         head = ('run', 'strategy used', 'image create', 'image', 'blocks',

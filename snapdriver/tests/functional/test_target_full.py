@@ -30,6 +30,7 @@ has started. The job is slowed down for a few seconds (libvirt applies
 writes, not the job's, meet the full filesystem first.
 """
 
+import logging
 import os
 import subprocess
 import threading
@@ -415,3 +416,62 @@ class ReservationTestCase(base.DriverTestCase):
         self.assertLess(size, units.Mi)
         self.assertGreaterEqual(allocated, space.reservation_for(measured))
         self.assert_image_equals_disk('image-1', 'qcow2', domain)
+
+
+class ColdInternalNoRoomTestCase(base.DriverTestCase):
+    """cold-internal keeps the guest saved when its disk's filesystem is full.
+
+    Once the internal snapshot exists, every guest write to a cluster it
+    shares takes a new cluster in the disk's file; a guest running during
+    the extract on a filesystem without room for that would be paused by
+    ENOSPC. Here the disk lies on a small ext4 filesystem filled up but
+    for a little more than ``qemu-img snapshot -c`` needs: the extract must
+    run while the guest is still saved (the historical order), and the
+    guest ends running, its disk unchanged, no snapshot left.
+    """
+
+    FS_MIB = 96
+    #: Left free: room for the internal snapshot's metadata, not for the
+    #: guest's rewrites of the overlay's 4 MiB of data.
+    FREE_MIB = 2
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest('mounting a loop filesystem needs root')
+        self.diskfs = self.useFixture(
+            SmallWorkFilesystem(self.workdir, self.FS_MIB))
+        self.flags(strategies=['cold-internal'], group='snapdriver')
+        self.flags(snapshot_image_format='qcow2', group='libvirt')
+        images = self.useFixture(real.DiskImages(
+            virtual_size=32 * units.Mi, data_size=8 * units.Mi,
+            parent_dir=self.diskfs.path, seed=11))
+        self.domain = self.make_domain('running', images=images)
+        st = os.statvfs(self.diskfs.path)
+        free = st.f_bavail * st.f_frsize
+        _sh('fallocate', '-l', str(free - self.FREE_MIB * units.Mi),
+            os.path.join(self.diskfs.path, 'filler'))
+
+    def test_extract_runs_while_the_guest_is_saved(self):
+        logs = self.useFixture(fixtures.FakeLogger(
+            name='snapdriver', level=logging.INFO))
+        seen = []
+        convert = qemu_img.convert
+
+        def spy(*args, **kwargs):
+            seen.append((self.domain.state(),
+                         self.domain.has_managed_save(),
+                         kwargs.get('force_share', False)))
+            return convert(*args, **kwargs)
+
+        self.useFixture(fixtures.MonkeyPatch(
+            'snapdriver.qemu_img.convert', spy))
+        calls, _sampler = self.snapshot(self.domain)
+        self.assert_task_states(calls)
+        self.assertEqual([('shutoff', True, False)], seen)
+        self.assertIn('Keeping the guest managed-saved for the extract',
+                      logs.output)
+        self.assertIn('MiB free, and the guest\'s writes during it could '
+                      'take', logs.output)
+        self.assert_image_equals_disk('image-1', 'qcow2', self.domain)
+        self.assert_guest_intact(self.domain, 'running')

@@ -156,12 +156,19 @@ class AggregateTest(testtools.TestCase):
         refs = [{'size_gib': 2, 'fill': 0.25, 'label': 'convert-qcow2',
                  'seconds': 0.5, 'command': 'c'},
                 {'size_gib': 2, 'fill': 0.25, 'label': 'convert-qcow2',
-                 'seconds': 0.7, 'command': 'c'}]
+                 'seconds': 0.7, 'command': 'c'},
+                # A slower command: not the reference.
+                {'size_gib': 2, 'fill': 0.25, 'label': 'convert-nova',
+                 'seconds': 0.9, 'command': 'n'},
+                # Another disk: not this one's reference.
+                {'size_gib': 4, 'fill': 0.25, 'label': 'convert-nova',
+                 'seconds': 0.1, 'command': 'n'}]
         rows = {r['label']: r for r in bench.aggregate(runs, refs)}
         self.assertEqual(5.0, rows['stock-live']['total_seconds'])
         self.assertEqual(1.0, rows['stock-live']['x_stock'])
         self.assertEqual(2.5, rows['live-backup']['total_seconds'])
         self.assertEqual(0.5, rows['live-backup']['x_stock'])
+        self.assertEqual(2.0, rows['live-backup']['peak_x_image'])
         self.assertAlmostEqual(1.1 / 0.6,
                                rows['live-backup']['to_upload_x_convert'])
         # Cold cases against stock cold; the failed run is not counted.
@@ -177,3 +184,4 @@ class AggregateTest(testtools.TestCase):
         self.assertIsNone(rows[0]['x_stock'])
         text = bench.markdown(rows, [])
         self.assertIn('| 2 | 0.25 | live-backup | 0/1 | - | - |', text)
+        self.assertTrue(text.endswith('| - | - | - |'), text)
