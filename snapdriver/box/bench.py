@@ -70,6 +70,12 @@ from snapdriver.tests.functional import writer_guest
 WRITER_REGION = 256 * units.Mi
 #: Seconds between two polls of the server and the image.
 POLL = 0.1
+#: Blocks of 4 KiB the guest's writer writes a second: slow, so that the
+#: disk holds (nearly) the same data for every case of a run; the writer
+#: is there to show the guest runs and to check the image's point in time.
+BENCH_WRITER_RATE = 2
+#: Writer blocks to wait for before each snapshot (the guest runs).
+BLOCKS_BEFORE = 2
 #: Seconds a snapshot may take before the run counts as failed.
 SNAPSHOT_TIMEOUT = 900
 CHUNK = 4 * units.Mi
@@ -321,7 +327,10 @@ class BoxBench(object):
         seed = mib * 1000 + int(layout.fill * 100)
         name = 'bench-%dm-%d' % (mib, int(layout.fill * 100))
         path, digest = make_root_image(self.tmp, layout, seed)
-        image_id = guest_images.register_root(self.box, name, disk=path)
+        image_id = guest_images.register_root(
+            self.box, name, disk=path,
+            os_command_line=guest_images.cmdline(
+                self.box.state['virt_type'], rate=BENCH_WRITER_RATE))
         os.unlink(path)
         self.say('%d MiB disk, %d MiB of data in the image (%s), booting'
                  % (mib, layout.half // units.Mi, image_id))
@@ -392,7 +401,7 @@ class BoxBench(object):
         image_id = None
         try:
             before = self.client.wait_for_seq(
-                server, self.client.console_seq(server) + 5)
+                server, self.client.console_seq(server) + BLOCKS_BEFORE)
             bench.evict([self.box.instances_path])
             sampler = bench.Sampler(server['id'], domain, 'running',
                                     self.box.snapshots_path,

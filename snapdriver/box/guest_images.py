@@ -41,10 +41,10 @@ WRITER_RATE = 50
 ROOT_IMAGE = 'snapbox-writer'
 
 
-def cmdline(virt_type, writer_dev='/dev/vda'):
+def cmdline(virt_type, writer_dev='/dev/vda', rate=WRITER_RATE):
     args = ['console=ttyS0', 'loglevel=4', 'panic=-1',
             'snapguest.writer_dev=%s' % writer_dev,
-            'snapguest.rate=%d' % WRITER_RATE,
+            'snapguest.rate=%d' % rate,
             'snapguest.fs_dev=/dev/vdb']
     if virt_type == 'qemu':
         args.append('mitigations=off')
