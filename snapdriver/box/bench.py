@@ -21,7 +21,9 @@ and, for each disk size and fill:
    size), and has the guest copy that data to another part of its disk
    (``dd`` through qemu-ga ``guest-exec``): the instance's qcow2 overlay
    then holds as much data as the base, on the disk Nova made
-   (``cache='none'`` where the instances directory does direct I/O);
+   (``cache='none'`` where the instances directory does direct I/O); its
+   writer writes only :data:`BENCH_WRITER_RATE` blocks a second, so every
+   case snapshots nearly the same data;
 2. for each case (stock Nova's live and cold snapshot, each snapdriver
    strategy; nova-compute restarted with that configuration), ``repeat``
    times: evicts the instance's files from the page cache, samples the
