@@ -59,12 +59,16 @@ import sys
 import tempfile
 import time
 
+import libvirt
+from nova.privsep import utils as nova_privsep_utils
 from oslo_utils import units
 
+from snapdriver import bench as snap_bench
 from snapdriver.box import client as box_client
 from snapdriver.box import guest_images
 from snapdriver.box import services
 from snapdriver.cmd import common
+from snapdriver.tests.functional import fixtures as real
 from snapdriver.tests.functional import writer_guest
 
 #: Bytes at the start of the disk left to the writer (its blocks, then
@@ -345,13 +349,6 @@ class BoxBench(object):
             server['id'], layout.half // units.Mi, time.monotonic() - t0))
         return server, digest, image_id
 
-    def disk_files(self, server):
-        disk = os.path.join(self.client.instance_dir(server), 'disk')
-        out = subprocess.run(['qemu-img', 'info', '-U', '-f', 'qcow2',
-                              '--output=json', disk], check=True,
-                             capture_output=True, text=True).stdout
-        return disk, json.loads(out)['full-backing-filename']
-
     # -- one snapshot --------------------------------------------------
 
     def _wait(self, server_id, image_id):
@@ -394,8 +391,6 @@ class BoxBench(object):
             time.sleep(POLL)
 
     def snapshot_once(self, label, server, layout, digest, size_gib, rep):
-        from snapdriver import bench
-
         result = {'size_gib': size_gib, 'fill': layout.fill, 'label': label,
                   'rep': rep, 'verified': False, 'error': None}
         name = 'snap-%s-%d' % (label, rep)
@@ -404,10 +399,10 @@ class BoxBench(object):
         try:
             before = self.client.wait_for_seq(
                 server, self.client.console_seq(server) + BLOCKS_BEFORE)
-            bench.evict([self.box.instances_path])
-            sampler = bench.Sampler(server['id'], domain, 'running',
-                                    self.box.snapshots_path,
-                                    self.client.instance_dir(server))
+            snap_bench.evict([self.box.instances_path])
+            sampler = snap_bench.Sampler(server['id'], domain, 'running',
+                                         self.box.snapshots_path,
+                                         self.client.instance_dir(server))
             sampler.start()
             try:
                 t0 = time.monotonic()
@@ -466,10 +461,6 @@ class BoxBench(object):
         return result
 
     def domain_state(self, name):
-        import libvirt
-
-        from snapdriver.tests.functional import fixtures as real
-
         conn = libvirt.open(services.LIBVIRT_URI)
         try:
             dom = conn.lookupByName(name)
@@ -480,9 +471,7 @@ class BoxBench(object):
 
     def references_for(self, server, layout, size_gib):
         """Bare converts of the guest's disk, cold cache, for reference."""
-        from nova.privsep import utils as nova_privsep_utils
-
-        disk, _base = self.disk_files(server)
+        disk = os.path.join(self.client.instance_dir(server), 'disk')
         nova_mode = ('none' if nova_privsep_utils.supports_direct_io(
             self.box.instances_path) else 'writeback')
         commands = (
@@ -492,12 +481,10 @@ class BoxBench(object):
             ('convert-nova', ['qemu-img', 'convert', '-U', '-t', nova_mode,
                               '-O', 'qcow2', '-f', 'qcow2']),
         )
-        from snapdriver import bench
-
         for rep in range(self.args.repeat):
             for label, cmd in commands:
                 out = os.path.join(self.tmp, 'ref.qcow2')
-                bench.evict([self.box.instances_path])
+                snap_bench.evict([self.box.instances_path])
                 t0 = time.monotonic()
                 subprocess.run(cmd + [disk, out], check=True)
                 self.references.append({
