@@ -213,9 +213,32 @@ class TargetFilesystemFullTestCase(base.DriverTestCase):
         latest = self.guest.latest_seq()
         self.guest.wait_for_seq(latest + RESUME_BLOCKS, timeout=60)
 
+    def snapshot_with_the_fault(self):
+        """Snapshot until the fault is injected; return what snapshot() did.
+
+        An attempt whose job copied the whole disk before the throttle
+        applied injects no fault: it must fail without touching the guest
+        and leave nothing, and the next attempt tries again.
+        """
+        outcomes = []
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                return self.snapshot(self.guest, sample=True)
+            except exception.BlockJobFailed as e:
+                if not self.too_fast:
+                    raise
+                outcomes.append(str(e))
+                del self.too_fast[:]
+                self.assertEqual(libvirt.VIR_DOMAIN_RUNNING,
+                                 self.guest.dom.state()[0])
+                self.assertEqual({}, self.images.uploads)
+                self.assertEqual([], self.workfs.listdir())
+        self.fail('every backup job of %d attempts ended before the '
+                  'throttle: %s' % (MAX_ATTEMPTS, outcomes))
+
     def test_work_fs_fills_during_backup(self):
         self.fill_once_the_job_runs()
-        calls, sampler = self.snapshot(self.guest, sample=True)
+        calls, sampler = self.snapshot_with_the_fault()
 
         self.assertEqual(1, len(self.filled), 'the fault was not injected')
         self.assertLess(self.filled[0], units.Mi,
