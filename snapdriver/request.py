@@ -22,6 +22,7 @@ from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_log import log as logging
 
+from snapdriver import allocation
 from snapdriver import conf
 from snapdriver import qemu_img
 from snapdriver import space
@@ -93,19 +94,33 @@ class SnapshotRequest:
     def measure(self, fmt):
         """Return the bytes a convert of the disk to ``fmt`` needs.
 
-        ``qemu-img measure`` runs once per format and snapshot: the
-        preflight check and the reservation before a job ask the same
-        question within milliseconds, and each qemu-img costs tens of ms
-        before the copy can start. A raw output needs the virtual size,
-        known already.
+        Measured once per format and snapshot: the preflight check and
+        the reservation before a job ask the same question within
+        milliseconds. A raw output needs the virtual size, known already.
+        A qcow2 output of the disks Nova makes (a raw file, or a qcow2
+        overlay over a raw ``_base`` file) is counted in-process from the
+        disk's metadata and extents (:mod:`snapdriver.allocation`, under
+        1 ms), laid out as qcow2 (:func:`space.qcow2_size_bound`, at most a
+        few clusters above what ``qemu-img measure`` says); any other disk
+        or format runs ``qemu-img measure`` (20-40 ms, most of it the
+        process start, all of it before the copy can start).
 
         :raises: :class:`snapdriver.exception.QemuImgFailed`
         """
         if fmt == 'raw' and self.virtual_size:
             return self.virtual_size
         if fmt not in self._measured:
-            self._measured[fmt] = qemu_img.measure(
-                self.disk_path, self.source_format, fmt)
+            data = None
+            if fmt == 'qcow2' and self.is_file_disk:
+                data = allocation.data_bytes(
+                    self.disk_path, self.source_format, self.virtual_size,
+                    self.backing_file, self.backing_format)
+            if data is not None:
+                self._measured[fmt] = space.qcow2_size_bound(
+                    self.virtual_size, data)
+            else:
+                self._measured[fmt] = qemu_img.measure(
+                    self.disk_path, self.source_format, fmt)
         return self._measured[fmt]
 
     def size_bound(self, fmt):
