@@ -26,8 +26,8 @@ a real driver (Nova's own ``LibvirtDriver`` or ``LibvirtSnapshotDriver``
 restricted to one strategy) with an image service that stores the upload
 in a local file, then checks the uploaded image with ``qemu-img
 compare``. Bare conversions of the same disk are measured in the same
-run: the fastest (``qemu-img convert -t writeback -W``) and Nova's own
-(``-t none``).
+run: the fastest (``qemu-img convert -t writeback -W``), the one our
+strategies run (``-t unsafe -W``) and Nova's own (``-t none``).
 
 A thread with its own libvirt connection samples, every ~2 ms, the
 domain's state and persistence and the extra disk space on the host. The
@@ -740,28 +740,9 @@ class Bench(object):
                                      instances_dir=instances)
 
     def reference_commands(self, instances_dir):
-        """The bare conversions measured beside the snapshots.
-
-        ``convert-<fmt>``: the fastest bare convert (cache writeback,
-        out-of-order writes, from a cold source cache: the output is read
-        straight back by the upload, so the page cache is the right place
-        for it). ``convert-nova``: Nova's own snapshot conversion
-        (``nova.privsep.qemu.unprivileged_convert_image``), ``-t none``
-        where the instances directory has direct I/O.
-        """
-        nova_mode = ('none' if nova_privsep_utils.supports_direct_io(
-            instances_dir) else 'writeback')
-        return [
-            ('convert-raw', 'raw', ['qemu-img', 'convert', '-t',
-                                    'writeback', '-W', '-f', 'qcow2',
-                                    '-O', 'raw']),
-            ('convert-qcow2', 'qcow2', ['qemu-img', 'convert', '-t',
-                                        'writeback', '-W', '-f', 'qcow2',
-                                        '-O', 'qcow2']),
-            ('convert-nova', 'qcow2', ['qemu-img', 'convert', '-t',
-                                       nova_mode, '-O', 'qcow2', '-f',
-                                       'qcow2']),
-        ]
+        """The bare conversions measured beside the snapshots."""
+        return reference_commands(
+            nova_privsep_utils.supports_direct_io(instances_dir))
 
     def references_for(self, size_gib, fill, master, rep):
         tmp = tempfile.mkdtemp(prefix='snapdriver-bench-ref-',
@@ -1038,6 +1019,38 @@ def _brief(r):
                 r['peak_extra_bytes'] / units.Mi))
 
 
+def reference_commands(direct_io, force_share=False,
+                       formats=('raw', 'qcow2')):
+    """The bare conversions a benchmark measures beside the snapshots.
+
+    Returns ``(label, output format, argv)``; the caller appends ``--``,
+    the source and the output. ``convert-<fmt>`` (one per format of
+    ``formats``): the fastest bare convert (cache writeback, out-of-order
+    writes, from a cold source cache: the output is read straight back by
+    the upload, so the page cache is the right place for it).
+    ``convert-unsafe``: the command our strategies run by default
+    (``[snapdriver] convert_cache_mode = unsafe``, ``-W``).
+    ``convert-nova``: Nova's own snapshot conversion
+    (``nova.privsep.qemu.unprivileged_convert_image``), ``-t none`` where
+    the instances directory has direct I/O (``direct_io``).
+
+    :param force_share: read a disk a running QEMU holds (``-U``).
+    """
+    share = ['-U'] if force_share else []
+    commands = [('convert-%s' % fmt, fmt,
+                 ['qemu-img', 'convert'] + share +
+                 ['-t', 'writeback', '-W', '-f', 'qcow2', '-O', fmt])
+                for fmt in formats]
+    commands.append(('convert-unsafe', 'qcow2',
+                     ['qemu-img', 'convert'] + share +
+                     ['-t', 'unsafe', '-W', '-f', 'qcow2', '-O', 'qcow2']))
+    commands.append(('convert-nova', 'qcow2',
+                     ['qemu-img', 'convert'] + share +
+                     ['-t', 'none' if direct_io else 'writeback',
+                      '-O', 'qcow2', '-f', 'qcow2']))
+    return commands
+
+
 # Reporting
 
 
@@ -1046,7 +1059,8 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
-REFERENCES = ('convert-qcow2', 'convert-raw', 'convert-nova', 'read-data')
+REFERENCES = ('convert-qcow2', 'convert-raw', 'convert-unsafe', 'convert-nova',
+              'read-data')
 
 
 def _steps_median(runs):

@@ -472,27 +472,23 @@ class BoxBench(object):
     def references_for(self, server, layout, size_gib):
         """Bare converts of the guest's disk, cold cache, for reference."""
         disk = os.path.join(self.client.instance_dir(server), 'disk')
-        nova_mode = ('none' if nova_privsep_utils.supports_direct_io(
-            self.box.instances_path) else 'writeback')
-        commands = (
-            ('convert-qcow2', ['qemu-img', 'convert', '-U', '-t',
-                               'writeback', '-W', '-f', 'qcow2', '-O',
-                               'qcow2']),
-            ('convert-nova', ['qemu-img', 'convert', '-U', '-t', nova_mode,
-                              '-O', 'qcow2', '-f', 'qcow2']),
-        )
+        commands = [(label, cmd) for label, _fmt, cmd in
+                    snap_bench.reference_commands(
+                        nova_privsep_utils.supports_direct_io(
+                            self.box.instances_path),
+                        force_share=True, formats=('qcow2',))]
         for rep in range(self.args.repeat):
             for label, cmd in commands:
                 out = os.path.join(self.tmp, 'ref.qcow2')
                 snap_bench.evict([self.box.instances_path])
                 t0 = time.monotonic()
-                subprocess.run(cmd + [disk, out], check=True)
+                subprocess.run(cmd + ['--', disk, out], check=True)
                 self.references.append({
                     'size_gib': size_gib, 'fill': layout.fill,
                     'label': label, 'rep': rep,
                     'seconds': time.monotonic() - t0,
                     'bytes': os.path.getsize(out),
-                    'command': ' '.join(cmd + ['DISK', 'OUT'])})
+                    'command': ' '.join(cmd + ['--', 'DISK', 'OUT'])})
                 os.unlink(out)
 
     # -- the whole run -------------------------------------------------

@@ -67,8 +67,10 @@ class BenchSampleTest(base.BoxTestCase):
         # The image holds both data regions: at least their size.
         for r in run.runs:
             self.assertGreaterEqual(r['image_bytes'], layout.data_bytes)
-        self.assertEqual(['convert-nova', 'convert-qcow2'],
+        self.assertEqual(['convert-nova', 'convert-qcow2', 'convert-unsafe'],
                          sorted(r['label'] for r in run.references))
+        # The disk is read while its guest runs.
+        self.assertTrue(all(' -U ' in r['command'] for r in run.references))
         rows = bench.aggregate(run.runs, run.references)
         self.assertEqual(2, len(rows))
         self.assertIn('| 0.5 | 0.25 | live-backup | 1/1 |',

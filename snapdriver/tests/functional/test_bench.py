@@ -85,11 +85,14 @@ class BenchSmokeTestCase(base.BaseTestCase):
         self.assertTrue(all(r['ok'] == r['runs'] for r in rows
                             if not r.get('not_applicable')))
         refs = [r for r in result['rows'] if r.get('reference')]
-        self.assertEqual({'convert-raw', 'convert-qcow2', 'convert-nova',
-                          'read-data'}, {r['label'] for r in refs})
+        self.assertEqual({'convert-raw', 'convert-qcow2', 'convert-unsafe',
+                          'convert-nova', 'read-data'},
+                         {r['label'] for r in refs})
         self.assertTrue(all(r['ok'] == r['runs'] for r in refs))
         commands = {r['label']: r['command'] for r in refs}
         self.assertIn('-t writeback -W', commands['convert-qcow2'])
+        # What our strategies run by default.
+        self.assertIn('-t unsafe -W', commands['convert-unsafe'])
         # Nova's own conversion, -t none where O_DIRECT works.
         self.assertIn('-t %s -O qcow2' % self.direct_io_mode(),
                       commands['convert-nova'])
@@ -172,7 +175,8 @@ class BenchSmokeTestCase(base.BaseTestCase):
             rows = {r['label']: r for r in result['rows']
                     if r['fill'] == fill}
             self.assertEqual({'live-backup', 'convert-raw', 'convert-qcow2',
-                              'convert-nova', 'read-data'}, set(rows))
+                              'convert-unsafe', 'convert-nova', 'read-data'},
+                             set(rows))
             self.assertEqual(1.0, rows['convert-qcow2']['x_convert'])
         with open(os.path.join(self.out, 'results.md')) as f:
             self.assertIn('| 0.0625 | 0.75 | live-backup | running |',

@@ -168,3 +168,33 @@ class ParseArgsTestCase(base.BaseTestCase):
         self.assertEqual([1.0, 8.0], args.size_list)
         self.assertEqual([0.25, 0.75], args.fill_list)
         self.assertEqual('nova', args.cache_mode)
+
+
+class ReferenceCommandsTestCase(base.BaseTestCase):
+    """The bare converts both benchmarks measure, from one function."""
+
+    def test_in_process_bench(self):
+        commands = {label: (fmt, ' '.join(cmd)) for label, fmt, cmd in
+                    bench.reference_commands(direct_io=True)}
+        self.assertEqual({
+            'convert-raw': ('raw', 'qemu-img convert -t writeback -W '
+                                   '-f qcow2 -O raw'),
+            'convert-qcow2': ('qcow2', 'qemu-img convert -t writeback -W '
+                                       '-f qcow2 -O qcow2'),
+            'convert-unsafe': ('qcow2', 'qemu-img convert -t unsafe -W '
+                                        '-f qcow2 -O qcow2'),
+            'convert-nova': ('qcow2', 'qemu-img convert -t none '
+                                      '-O qcow2 -f qcow2'),
+        }, commands)
+
+    def test_running_guest_without_direct_io(self):
+        commands = {label: cmd for label, _fmt, cmd in
+                    bench.reference_commands(direct_io=False,
+                                             force_share=True,
+                                             formats=('qcow2',))}
+        self.assertEqual({'convert-qcow2', 'convert-unsafe',
+                          'convert-nova'}, set(commands))
+        for cmd in commands.values():
+            self.assertEqual(['qemu-img', 'convert', '-U'], cmd[:3])
+        self.assertEqual(['-t', 'writeback'],
+                         commands['convert-nova'][3:5])
