@@ -699,10 +699,12 @@ class LiveBackup(base.SnapshotStrategy):
     def _created_and_reserved(self, request, path):
         """Create the qcow2 file QEMU writes for the job; reserve its blocks.
 
-        ``qemu-img measure`` (the size of the reservation; already known
-        when the preflight check measured it) runs next to ``qemu-img
-        create``: the two processes are most of the time before the job
-        starts, and neither needs the other.
+        The size of the reservation (already known when the preflight
+        check measured it) is measured next to ``qemu-img create``: for
+        the disks Nova makes it is counted in-process in under 1 ms, but
+        any other disk runs ``qemu-img measure``, and the two processes
+        would be most of the time before the job starts; neither needs
+        the other.
         """
         with futures.ThreadPoolExecutor(max_workers=1) as pool:
             reservation = pool.submit(self._target_reservation, request)
