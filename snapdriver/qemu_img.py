@@ -35,6 +35,7 @@ import json
 import os
 import resource
 import signal
+import struct
 import urllib.parse
 
 from nova.privsep import utils as nova_privsep_utils
@@ -249,6 +250,64 @@ EMPTY_QCOW2_SIZES = 32
 #: Larger new files (metadata of very large disks) are not kept.
 EMPTY_QCOW2_MAX_BYTES = 4 * units.Mi
 
+#: The first file ``qemu-img create -f qcow2`` made in this process, from
+#: which the files of other sizes are derived once a second ``qemu-img
+#: create`` has confirmed the derivation (:func:`confirm_empty_qcow2`):
+#: ``prefix`` (the bytes before the L1 table), ``size``, ``confirmed``
+#: (None until checked, then True or False).
+_TEMPLATE = {'prefix': None, 'size': None, 'confirmed': None}
+#: A new qcow2 file: 64 KiB clusters, an L1 entry per 512 MiB; the L1
+#: table is the end of the file.
+_QCOW2_CLUSTER = 64 * units.Ki
+_QCOW2_L2_SPAN = _QCOW2_CLUSTER * (_QCOW2_CLUSTER // 8)
+_QCOW2_SIZE = struct.Struct('>Q')
+_QCOW2_SIZE_OFFSET = 24
+_QCOW2_L1 = struct.Struct('>IQ')
+_QCOW2_L1_OFFSET = 36
+
+
+def _template_of(data):
+    """Return the bytes before the L1 table of a new qcow2 file, or None.
+
+    None unless the file is what ``qemu-img create -f qcow2`` writes for
+    disks up to 4 TiB: 64 KiB clusters, and an all-zero L1 table of one
+    entry per 512 MiB that fits in one cluster and ends the file.
+    """
+    if len(data) < _QCOW2_L1_OFFSET + _QCOW2_L1.size or data[:4] != (
+            b'QFI\xfb'):
+        return None
+    if struct.unpack_from('>I', data, 20)[0] != 16:
+        return None
+    size = _QCOW2_SIZE.unpack_from(data, _QCOW2_SIZE_OFFSET)[0]
+    l1_size, l1_offset = _QCOW2_L1.unpack_from(data, _QCOW2_L1_OFFSET)
+    if (l1_size != -(-size // _QCOW2_L2_SPAN) or l1_offset % _QCOW2_CLUSTER
+            or l1_size * 8 > _QCOW2_CLUSTER or
+            len(data) != l1_offset + l1_size * 8 or
+            data[l1_offset:].count(0) != l1_size * 8):
+        return None
+    return data[:l1_offset]
+
+
+def _derived_empty_qcow2(size, prefix):
+    """The file of ``size`` bytes derived from ``prefix``, or None."""
+    l1_size = -(-size // _QCOW2_L2_SPAN)
+    # NOTE: qemu-img rounds a size up to whole 512-byte sectors; such
+    # sizes are left to it.
+    if (not prefix or not l1_size or l1_size * 8 > _QCOW2_CLUSTER or
+            size % 512):
+        return None
+    header = bytearray(prefix)
+    _QCOW2_SIZE.pack_into(header, _QCOW2_SIZE_OFFSET, size)
+    _QCOW2_L1.pack_into(header, _QCOW2_L1_OFFSET, l1_size, len(prefix))
+    return bytes(header) + bytes(l1_size * 8)
+
+
+def _keep(size, data):
+    if len(data) <= EMPTY_QCOW2_MAX_BYTES:
+        if len(_EMPTY_QCOW2) >= EMPTY_QCOW2_SIZES:
+            _EMPTY_QCOW2.pop(next(iter(_EMPTY_QCOW2)), None)
+        _EMPTY_QCOW2[size] = data
+
 
 def create_empty_qcow2(path, size):
     """Create an empty qcow2 image of ``size`` bytes, like ``create``.
@@ -258,25 +317,76 @@ def create_empty_qcow2(path, size):
     bytes for the same virtual size. The first image of each size is made
     by ``qemu-img create``; its bytes are kept in memory and written for
     the later ones, which then cost no process (a qemu-img run is 10-50 ms
-    on a busy host, before a backup job can start).
+    on a busy host, before a backup job can start). Once
+    :func:`confirm_empty_qcow2` has checked that two sizes differ only in
+    the header's size and L1 size (as qemu-img writes them, for disks up to
+    4 TiB), the image of a new size is derived from the first one, without
+    a process either.
 
     :raises: :class:`exception.QemuImgFailed`
     """
     size = int(size)
     data = _EMPTY_QCOW2.get(size)
+    if data is None and _TEMPLATE['confirmed']:
+        data = _derived_empty_qcow2(size, _TEMPLATE['prefix'])
+        if data is not None:
+            _keep(size, data)
     if data is None:
         create(path, 'qcow2', size)
         with open(path, 'rb') as f:
             data = f.read(EMPTY_QCOW2_MAX_BYTES + 1)
-        if len(data) <= EMPTY_QCOW2_MAX_BYTES:
-            if len(_EMPTY_QCOW2) >= EMPTY_QCOW2_SIZES:
-                _EMPTY_QCOW2.pop(next(iter(_EMPTY_QCOW2)), None)
-            _EMPTY_QCOW2[size] = data
+        _keep(size, data)
+        if _TEMPLATE['prefix'] is None:
+            prefix = _template_of(data)
+            if prefix is not None:
+                _TEMPLATE.update(prefix=prefix, size=size)
         return
     # NOTE: the mode qemu-img gives a new file (0644, less the umask).
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     with os.fdopen(fd, 'wb') as f:
         f.write(data)
+
+
+def confirm_empty_qcow2(directory):
+    """Check once that new qcow2 files can be derived from the first one.
+
+    Runs ``qemu-img create -f qcow2`` for a second size (a file in
+    ``directory``, removed) and compares its bytes with the ones derived
+    from the first file of this process; if they are equal, later
+    :func:`create_empty_qcow2` calls of new sizes run no process. Meant to
+    run while a backup job copies (off the snapshot's critical path); it
+    never raises: a failure leaves the check for a later call, a mismatch
+    (another qemu-img layout) turns the derivation off for this process.
+    """
+    if _TEMPLATE['prefix'] is None or _TEMPLATE['confirmed'] is not None:
+        return
+    probe_size = 3 * units.Gi + _QCOW2_CLUSTER
+    if probe_size == _TEMPLATE['size']:
+        probe_size += _QCOW2_L2_SPAN
+    probe = os.path.join(directory, 'empty-qcow2-probe')
+    try:
+        create(probe, 'qcow2', probe_size)
+        with open(probe, 'rb') as f:
+            real = f.read(EMPTY_QCOW2_MAX_BYTES + 1)
+    except Exception as e:
+        LOG.debug('Could not check the derivation of empty qcow2 files: '
+                  '%s', e)
+        return
+    finally:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+    derived = _derived_empty_qcow2(probe_size, _TEMPLATE['prefix'])
+    _TEMPLATE['confirmed'] = derived == real
+    if _TEMPLATE['confirmed']:
+        _keep(probe_size, real)
+        LOG.debug('Empty qcow2 targets of new sizes are derived from the '
+                  'one qemu-img created for %d bytes', _TEMPLATE['size'])
+    else:
+        LOG.info('qemu-img create writes empty qcow2 files this driver '
+                 'cannot derive from one another: each new size runs '
+                 'qemu-img create')
 
 
 def _convert_cache_mode(dest):

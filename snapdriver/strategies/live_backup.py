@@ -809,6 +809,10 @@ class LiveBackup(base.SnapshotStrategy):
                          disk_targets(request.guest.get_xml_desc()))
         try:
             self._begin(request, dom, xml, run)
+            # NOTE: once per process, while QEMU copies: lets the targets
+            # of later snapshots of new disk sizes be written without a
+            # qemu-img create before their jobs (never raises).
+            qemu_img.confirm_empty_qcow2(os.path.dirname(target))
             wait_done(request, dom, run)
             wait_target_released(request, target)
         except Exception as e:

@@ -381,6 +381,16 @@ class JobTestCase(base.BaseTestCase):
         self.assertEqual(libvirt.VIR_ERR_OPERATION_INVALID,
                          ex.get_error_code())
 
+    @mock.patch.object(live_backup.qemu_img, 'confirm_empty_qcow2')
+    @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
+    def test_template_confirmed_while_the_job_copies(self, create, confirm):
+        dom = FakeDomain([NO_JOB], done=dict(DONE))
+        request = _request(dom)
+        confirm.side_effect = lambda directory: self.assertEqual(
+            1, len(dom.begun), 'confirmed before the job started')
+        self.strategy.capture(request, OUR_TARGET, self.run_of(request))
+        confirm.assert_called_once_with(os.path.dirname(OUR_TARGET))
+
     @mock.patch.object(live_backup.qemu_img, 'convert')
     @mock.patch.object(live_backup.qemu_img, 'create_empty_qcow2')
     def test_capture_converts_a_raw_output(self, create, convert):

@@ -506,6 +506,9 @@ class EmptyQcow2TestCase(base.BaseTestCase):
         self.dir = fakes.qemu_img_dir(self)
         self.useFixture(fixtures.MockPatchObject(qemu_img, '_EMPTY_QCOW2',
                                                  {}))
+        self.template = {'prefix': None, 'size': None, 'confirmed': None}
+        self.useFixture(fixtures.MockPatchObject(qemu_img, '_TEMPLATE',
+                                                 self.template))
 
     def _path(self, name):
         return os.path.join(self.dir, name)
@@ -547,3 +550,71 @@ class EmptyQcow2TestCase(base.BaseTestCase):
             qemu_img.create_empty_qcow2(self._path('%d' % i), i * units.Gi)
         self.assertEqual([2 * units.Gi, 3 * units.Gi],
                          sorted(qemu_img._EMPTY_QCOW2))
+
+    def _confirmed(self, first=units.Gi):
+        qemu_img.create_empty_qcow2(self._path('first.qcow2'), first)
+        qemu_img.confirm_empty_qcow2(self.dir)
+        self.assertTrue(self.template['confirmed'])
+        # The probe is gone.
+        self.assertEqual(['first.qcow2'], os.listdir(self.dir))
+
+    def test_new_sizes_derived_once_confirmed(self):
+        self._confirmed()
+        sizes = (64 * units.Mi + 512, 2 * units.Gi, 100 * units.Gi + 512,
+                 4 * units.Ti)
+        with mock.patch.object(qemu_img, '_run') as run:
+            for size in sizes:
+                qemu_img.create_empty_qcow2(self._path('%d' % size), size)
+        run.assert_not_called()
+        for size in sizes:
+            qemu_img.create(self._path('ref'), 'qcow2', size)
+            self.assertTrue(self._bytes(self._path('ref')) ==
+                            self._bytes(self._path('%d' % size)),
+                            'the file of %d bytes differs' % size)
+            self.assertEqual(size, qemu_img.info(self._path('%d' % size),
+                                                 'qcow2').virtual_size)
+
+    def test_not_derived_before_the_confirmation(self):
+        qemu_img.create_empty_qcow2(self._path('first.qcow2'), units.Gi)
+        self.assertIsNotNone(self.template['prefix'])
+        with mock.patch.object(qemu_img, 'create',
+                               wraps=qemu_img.create) as create:
+            qemu_img.create_empty_qcow2(self._path('second'), 2 * units.Gi)
+        create.assert_called_once_with(self._path('second'), 'qcow2',
+                                       2 * units.Gi)
+
+    def test_a_mismatch_turns_the_derivation_off(self):
+        qemu_img.create_empty_qcow2(self._path('first.qcow2'), units.Gi)
+        prefix = bytearray(self.template['prefix'])
+        prefix[-1] ^= 1
+        self.template['prefix'] = bytes(prefix)
+        qemu_img.confirm_empty_qcow2(self.dir)
+        self.assertIs(False, self.template['confirmed'])
+        with mock.patch.object(qemu_img, 'create',
+                               wraps=qemu_img.create) as create:
+            qemu_img.create_empty_qcow2(self._path('second'), 2 * units.Gi)
+        create.assert_called_once_with(self._path('second'), 'qcow2',
+                                       2 * units.Gi)
+
+    def test_larger_than_4_tib_or_odd_sizes_run_qemu_img(self):
+        self._confirmed()
+        for size in (5 * units.Ti, units.Gi + 1):
+            path = self._path('%d' % size)
+            with mock.patch.object(qemu_img, 'create',
+                                   wraps=qemu_img.create) as create:
+                qemu_img.create_empty_qcow2(path, size)
+            create.assert_called_once_with(path, 'qcow2', size)
+            self.assertEqual(-(-size // 512) * 512,
+                             qemu_img.info(path, 'qcow2').virtual_size)
+
+    def test_confirmation_never_raises(self):
+        qemu_img.create_empty_qcow2(self._path('first.qcow2'), units.Gi)
+        qemu_img.confirm_empty_qcow2(self._path('gone'))
+        # Left for a later call.
+        self.assertIsNone(self.template['confirmed'])
+
+    def test_nothing_to_confirm_before_a_first_file(self):
+        with mock.patch.object(qemu_img, 'create') as create:
+            qemu_img.confirm_empty_qcow2(self.dir)
+        create.assert_not_called()
+        self.assertIsNone(self.template['confirmed'])
