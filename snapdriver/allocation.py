@@ -129,7 +129,32 @@ def _entries(data):
     return table
 
 
-def _overlay_clusters(path, virtual_size, backing_ranges):
+def _check_backing(fd, path, bf_offset, bf_size, backing_file):
+    """Raise Unreadable unless the header names ``backing_file``, or none.
+
+    The caller's backing file comes from libvirt's view of the chain; a
+    count over another file (or over none, where the header has one)
+    would miss data, and the reservation would be too small.
+    """
+    if not bf_offset:
+        if backing_file:
+            raise Unreadable('no backing file in the header')
+        return
+    if not backing_file or not 0 < bf_size <= 1023:
+        raise Unreadable('backing file %s, header says another' %
+                         backing_file)
+    name = os.fsdecode(_read(fd, bf_size, bf_offset))
+    named = os.path.join(os.path.dirname(path), name)
+    try:
+        same = os.path.samefile(named, backing_file)
+    except OSError:
+        same = False
+    if not same:
+        raise Unreadable('the header names backing file %s, not %s' % (
+            name, backing_file))
+
+
+def _overlay_clusters(path, virtual_size, backing_file, backing_ranges):
     """Count the data clusters of a qcow2 overlay over raw backing data."""
     clusters = -(-virtual_size // CLUSTER)
     fd = os.open(path, os.O_RDONLY)
@@ -138,7 +163,7 @@ def _overlay_clusters(path, virtual_size, backing_ranges):
         header = os.pread(fd, _INCOMPATIBLE_OFFSET + _INCOMPATIBLE.size, 0)
         if len(header) < _HEADER.size:
             raise Unreadable('no qcow2 header')
-        (magic, version, _bf_offset, _bf_size, cluster_bits, size,
+        (magic, version, bf_offset, bf_size, cluster_bits, size,
          crypt_method, l1_size, l1_offset) = _HEADER.unpack_from(header)
         if magic != QCOW2_MAGIC or version not in (2, 3):
             raise Unreadable('not a qcow2 version 2 or 3 header')
@@ -148,6 +173,7 @@ def _overlay_clusters(path, virtual_size, backing_ranges):
         if size != virtual_size:
             raise Unreadable('virtual size %d, not %d' % (size,
                                                           virtual_size))
+        _check_backing(fd, path, bf_offset, bf_size, backing_file)
         if version == 3:
             if len(header) < _INCOMPATIBLE_OFFSET + _INCOMPATIBLE.size:
                 raise Unreadable('short qcow2 version 3 header')
@@ -200,7 +226,9 @@ def data_bytes(path, fmt, virtual_size, backing_file=None,
     :param path: the disk file.
     :param fmt: its format, as the domain declares it (never probed).
     :param virtual_size: its virtual size in bytes.
-    :param backing_file: the backing file of a qcow2 disk, or None.
+    :param backing_file: the backing file of a qcow2 disk, or None; it
+        must be the file the disk's header names (or None where the
+        header names none), else qemu-img measures the chain.
     :param backing_format: the backing file's format; only 'raw' is read.
     """
     if not virtual_size or fmt not in ('raw', 'qcow2'):
@@ -215,7 +243,8 @@ def data_bytes(path, fmt, virtual_size, backing_file=None,
             if backing_format != 'raw':
                 return None
             backing = _data_ranges(backing_file, clusters)
-        return CLUSTER * _overlay_clusters(path, virtual_size, backing)
+        return CLUSTER * _overlay_clusters(path, virtual_size,
+                                           backing_file, backing)
     except (OSError, struct.error, Unreadable) as e:
         LOG.debug('%(path)s measured by qemu-img: %(reason)s',
                   {'path': path, 'reason': e})

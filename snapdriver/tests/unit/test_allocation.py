@@ -180,6 +180,34 @@ class DataBytesTestCase(base.BaseTestCase):
         self.assert_left_to_qemu_img(disk, backing=base_file,
                                      backing_format='qcow2')
 
+    def test_a_backing_file_the_header_does_not_name(self):
+        base_file = self.raw('base', 64 * Mi, [(0, Mi)])
+        other = self.raw('other', 64 * Mi, [])
+        disk = self.qcow2('disk', 64 * Mi, backing=base_file)
+        # Told of no backing file, or of another one: a count would miss
+        # the base's data.
+        self.assert_left_to_qemu_img(disk)
+        self.assert_left_to_qemu_img(disk, backing=other,
+                                     backing_format='raw')
+        # The same file by another name is the same file.
+        os.symlink(base_file, self.path('base-link'))
+        self.assertEqual(16 * 64 * Ki, allocation.data_bytes(
+            disk, 'qcow2', 64 * Mi, self.path('base-link'), 'raw'))
+
+    def test_a_backing_file_the_header_does_not_have(self):
+        base_file = self.raw('base', 64 * Mi, [(0, Mi)])
+        disk = self.qcow2('disk', 64 * Mi)
+        self.assert_left_to_qemu_img(disk, backing=base_file,
+                                     backing_format='raw')
+
+    def test_a_relative_backing_file_name(self):
+        self.raw('base', 64 * Mi, [(0, Mi)])
+        disk = self.path('disk')
+        processutils.execute('qemu-img', 'create', '-q', '-f', 'qcow2',
+                             '-b', 'base', '-F', 'raw', disk, str(64 * Mi))
+        self.assertEqual(16 * 64 * Ki, allocation.data_bytes(
+            disk, 'qcow2', 64 * Mi, self.path('base'), 'raw'))
+
     def test_a_file_that_is_not_qcow2_is_left_to_qemu_img(self):
         disk = self.raw('disk', 64 * Mi, [(0, Mi)])
         self.assert_left_to_qemu_img(disk)
