@@ -99,11 +99,12 @@ class SnapshotRequest:
         milliseconds. A raw output needs the virtual size, known already.
         A qcow2 output of the disks Nova makes (a raw file, or a qcow2
         overlay over a raw ``_base`` file) is counted in-process from the
-        disk's metadata and extents (:mod:`snapdriver.allocation`, under
-        1 ms), laid out as qcow2 (:func:`space.qcow2_size_bound`, at most a
-        few clusters above what ``qemu-img measure`` says); any other disk
-        or format runs ``qemu-img measure`` (20-40 ms, most of it the
-        process start, all of it before the copy can start).
+        disk's metadata and extents (:mod:`snapdriver.allocation`, 2-10 ms
+        from a cold page cache), laid out as qcow2
+        (:func:`space.qcow2_size_bound`, at most a few clusters above what
+        ``qemu-img measure`` says); any other disk or format runs
+        ``qemu-img measure`` (20-40 ms, most of it the process start, all
+        of it before the copy can start).
 
         :raises: :class:`snapdriver.exception.QemuImgFailed`
         """

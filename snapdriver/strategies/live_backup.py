@@ -701,7 +701,7 @@ class LiveBackup(base.SnapshotStrategy):
 
         The size of the reservation (already known when the preflight
         check measured it) is measured next to ``qemu-img create``: for
-        the disks Nova makes it is counted in-process in under 1 ms, but
+        the disks Nova makes it is counted in-process (a few ms), but
         any other disk runs ``qemu-img measure``, and the two processes
         would be most of the time before the job starts; neither needs
         the other.
