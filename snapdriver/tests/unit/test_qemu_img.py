@@ -574,14 +574,16 @@ class EmptyQcow2TestCase(base.BaseTestCase):
             self.assertEqual(size, qemu_img.info(self._path('%d' % size),
                                                  'qcow2').virtual_size)
 
+    def assert_made_by_qemu_img(self, path, size):
+        with mock.patch.object(qemu_img, 'create',
+                               wraps=qemu_img.create) as create:
+            qemu_img.create_empty_qcow2(path, size)
+        create.assert_called_once_with(path, 'qcow2', size)
+
     def test_not_derived_before_the_confirmation(self):
         qemu_img.create_empty_qcow2(self._path('first.qcow2'), units.Gi)
         self.assertIsNotNone(self.template['prefix'])
-        with mock.patch.object(qemu_img, 'create',
-                               wraps=qemu_img.create) as create:
-            qemu_img.create_empty_qcow2(self._path('second'), 2 * units.Gi)
-        create.assert_called_once_with(self._path('second'), 'qcow2',
-                                       2 * units.Gi)
+        self.assert_made_by_qemu_img(self._path('second'), 2 * units.Gi)
 
     def test_a_mismatch_turns_the_derivation_off(self):
         qemu_img.create_empty_qcow2(self._path('first.qcow2'), units.Gi)
@@ -590,20 +592,13 @@ class EmptyQcow2TestCase(base.BaseTestCase):
         self.template['prefix'] = bytes(prefix)
         qemu_img.confirm_empty_qcow2(self.dir)
         self.assertIs(False, self.template['confirmed'])
-        with mock.patch.object(qemu_img, 'create',
-                               wraps=qemu_img.create) as create:
-            qemu_img.create_empty_qcow2(self._path('second'), 2 * units.Gi)
-        create.assert_called_once_with(self._path('second'), 'qcow2',
-                                       2 * units.Gi)
+        self.assert_made_by_qemu_img(self._path('second'), 2 * units.Gi)
 
     def test_larger_than_4_tib_or_odd_sizes_run_qemu_img(self):
         self._confirmed()
         for size in (5 * units.Ti, units.Gi + 1):
             path = self._path('%d' % size)
-            with mock.patch.object(qemu_img, 'create',
-                                   wraps=qemu_img.create) as create:
-                qemu_img.create_empty_qcow2(path, size)
-            create.assert_called_once_with(path, 'qcow2', size)
+            self.assert_made_by_qemu_img(path, size)
             self.assertEqual(-(-size // 512) * 512,
                              qemu_img.info(path, 'qcow2').virtual_size)
 
