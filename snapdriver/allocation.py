@@ -72,6 +72,27 @@ class Unreadable(Exception):
     """The file is not one this module reads; qemu-img must measure it."""
 
 
+def data_extents(fd, limit):
+    """Yield the ``(start, stop)`` byte ranges of ``fd`` that hold data.
+
+    The file's data extents (``SEEK_DATA``/``SEEK_HOLE``) below ``limit``;
+    a filesystem without hole detection reports the whole file as data.
+    """
+    offset = 0
+    while offset < limit:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return
+            raise
+        if start >= limit:
+            return
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), limit)
+        yield start, stop
+        offset = stop
+
+
 def _data_ranges(path, clusters):
     """Return the sorted, merged cluster ranges of ``path`` holding data.
 
@@ -83,23 +104,12 @@ def _data_ranges(path, clusters):
     fd = os.open(path, os.O_RDONLY)
     try:
         limit = min(os.fstat(fd).st_size, clusters * CLUSTER)
-        offset = 0
-        while offset < limit:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno == errno.ENXIO:
-                    break
-                raise
-            if start >= limit:
-                break
-            stop = min(os.lseek(fd, start, os.SEEK_HOLE), limit)
+        for start, stop in data_extents(fd, limit):
             first, last = start // CLUSTER, -(-stop // CLUSTER)
             if ranges and first <= ranges[-1][1]:
                 ranges[-1][1] = max(ranges[-1][1], last)
             else:
                 ranges.append([first, last])
-            offset = stop
     finally:
         os.close(fd)
     return ranges

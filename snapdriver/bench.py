@@ -94,6 +94,7 @@ from oslo_utils import units
 from oslo_utils import uuidutils
 import stevedore
 
+from snapdriver import allocation
 from snapdriver import bench_load
 from snapdriver import conf
 from snapdriver import driver as snap_driver
@@ -504,21 +505,13 @@ def read_data(path, chunk=4 * units.Mi):
     read = 0
     fd = os.open(path, os.O_RDONLY)
     try:
-        end = os.fstat(fd).st_size
-        offset = 0
-        while offset < end:
-            try:
-                start = os.lseek(fd, offset, os.SEEK_DATA)
-            except OSError:
-                break
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        for start, stop in allocation.data_extents(fd, os.fstat(fd).st_size):
             while start < stop:
                 data = os.pread(fd, min(chunk, stop - start), start)
                 if not data:
                     break
                 start += len(data)
                 read += len(data)
-            offset = stop
     finally:
         os.close(fd)
     return read

@@ -88,6 +88,17 @@ class DataBytesTestCase(base.BaseTestCase):
         self.assertEqual(self.measured_data(path, fmt, size), counted)
         return counted
 
+    def test_data_extents(self):
+        disk = self.raw('disk', 64 * Mi, [(Mi, 8 * Ki), (10 * Mi, Mi)])
+        fd = os.open(disk, os.O_RDONLY)
+        self.addCleanup(os.close, fd)
+        self.assertEqual([(Mi, Mi + 8 * Ki), (10 * Mi, 11 * Mi)],
+                         list(allocation.data_extents(fd, 64 * Mi)))
+        # Clipped to the limit.
+        self.assertEqual([(Mi, Mi + 4 * Ki)],
+                         list(allocation.data_extents(fd, Mi + 4 * Ki)))
+        self.assertEqual([], list(allocation.data_extents(fd, Mi)))
+
     def test_raw_file(self):
         disk = self.raw('disk', 64 * Mi, [(0, 100), (3 * Mi + 5, 200 * Ki),
                                           (40 * Mi, 3 * Mi)])
