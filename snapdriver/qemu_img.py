@@ -389,6 +389,37 @@ def confirm_empty_qcow2(directory):
                  'qemu-img create')
 
 
+#: The size of the first empty qcow2 file :func:`prepare_empty_qcow2` has
+#: qemu-img create (any size would do: the others are derived from it).
+PREPARED_QCOW2_SIZE = units.Gi
+
+
+def prepare_empty_qcow2(directory):
+    """Run, ahead of the first snapshot, the qemu-img creates it would run.
+
+    The first :func:`create_empty_qcow2` of a process runs ``qemu-img
+    create`` before its backup job can start, and the first job runs
+    :func:`confirm_empty_qcow2`; called once when the service starts, both
+    happen here (files in ``directory``, removed), and a snapshot's target
+    of any size up to 4 TiB is written without a process from the first
+    one on. Never raises: a failure leaves both steps to the snapshots.
+    """
+    if _TEMPLATE['prefix'] is None:
+        path = os.path.join(directory, 'empty-qcow2-template')
+        try:
+            create_empty_qcow2(path, PREPARED_QCOW2_SIZE)
+        except Exception as e:
+            LOG.debug('Could not prepare the empty qcow2 file of the first '
+                      'snapshot: %s', e)
+            return
+        finally:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+    confirm_empty_qcow2(directory)
+
+
 def _convert_cache_mode(dest):
     """Return the ``-t`` of a convert to ``dest``: ``[snapdriver]
     convert_cache_mode``, with ``none`` turned into ``writeback`` where the

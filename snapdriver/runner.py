@@ -381,6 +381,40 @@ def clean_stale_workdirs(snapshots_directory, uuid, defined_here=True):
     return removed
 
 
+def _template_dir_prefix():
+    """``snapdriver-template-<host>-``.
+
+    Never a work directory's name: no domain uuid follows ``snapdriver-``.
+    """
+    return '%stemplate-%s-' % (qemu_img.NAME_PREFIX, host_label())
+
+
+def prepare_targets(snapshots_directory):
+    """At the service's start, the qemu-img creates of the first snapshot.
+
+    :func:`qemu_img.prepare_empty_qcow2` in a directory of
+    ``snapshots_directory`` named ``snapdriver-template-<host>-<random>``,
+    removed after; this host's directories of that name that a killed
+    start left are removed first. Never raises.
+    """
+    prefix = _template_dir_prefix()
+    try:
+        fileutils.ensure_tree(snapshots_directory)
+        for entry in os.listdir(snapshots_directory):
+            if entry.startswith(prefix):
+                shutil.rmtree(os.path.join(snapshots_directory, entry),
+                              ignore_errors=True)
+        path = tempfile.mkdtemp(prefix=prefix, dir=snapshots_directory)
+    except OSError as e:
+        LOG.debug('Could not prepare the first snapshot\'s files in '
+                  '%(dir)s: %(err)s', {'dir': snapshots_directory, 'err': e})
+        return
+    try:
+        qemu_img.prepare_empty_qcow2(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _still_active(request):
     try:
         return request.guest.is_active()

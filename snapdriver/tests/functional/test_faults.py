@@ -824,6 +824,8 @@ def _init_host_in_child(snapshots_directory, uuid):
         # base.DriverTestCase).
         base.only_own_guests(drv, {uuid.lower()})
         drv.init_host(socket.gethostname())
+        print('empty qcow2 targets prepared: %s' %
+              qemu_img._TEMPLATE['confirmed'])
         code = 0
     finally:
         sys.stdout.flush()
@@ -876,7 +878,11 @@ class KilledComputeTestCase(FaultTestCase):
                 capture_output=True, text=True, timeout=300, cwd=_TOP)
             self.assertEqual(0, restart.returncode, restart.stderr)
             self.assertEqual({}, domain.dom.blockJobInfo('vda', 0))
+            # Nothing left, also of the first snapshot's qemu-img runs,
+            # which the start made (qemu_img.prepare_empty_qcow2).
             self.assertEqual([], os.listdir(self.snapshots_directory))
+            self.assertIn('empty qcow2 targets prepared: True',
+                          restart.stdout)
             workdir = os.path.join(self.snapshots_directory, stale[0])
             self.assertIn('Removed work directory %s' % workdir,
                           restart.stderr)

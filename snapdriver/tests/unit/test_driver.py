@@ -69,11 +69,19 @@ class DriverTestCase(test.NoDBTestCase):
 
     @mock.patch.object(libvirt_driver.LibvirtDriver, 'init_host')
     def test_init_host_loads_the_registry_and_cleans(self, mock_init):
-        with mock.patch.object(self.driver,
-                               '_clean_snapshot_leftovers') as clean:
+        self.flags(snapshots_directory='/snapshots', group='libvirt')
+        calls = mock.Mock()
+        with mock.patch.object(self.driver, '_clean_snapshot_leftovers',
+                               calls.clean), \
+                mock.patch.object(driver.runner, 'prepare_targets',
+                                  calls.prepare_targets):
             self.driver.init_host('host')
         mock_init.assert_called_once_with('host')
-        clean.assert_called_once_with()
+        # Leftovers first: a killed start's template directory is removed
+        # by prepare_targets itself, a snapshot's work directory is not.
+        self.assertEqual([mock.call.clean(),
+                          mock.call.prepare_targets('/snapshots')],
+                         calls.mock_calls)
         self.assertEqual(['live-backup', 'live-shallow-rebase',
                           'cold-direct-extract', 'stock'],
                          self.driver.snapshot_registry.names())

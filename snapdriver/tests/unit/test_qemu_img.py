@@ -580,6 +580,35 @@ class EmptyQcow2TestCase(base.BaseTestCase):
             qemu_img.create_empty_qcow2(path, size)
         create.assert_called_once_with(path, 'qcow2', size)
 
+    def test_prepared_ahead_of_the_first_snapshot(self):
+        qemu_img.prepare_empty_qcow2(self.dir)
+        self.assertTrue(self.template['confirmed'])
+        self.assertEqual([], os.listdir(self.dir))
+        sizes = (qemu_img.PREPARED_QCOW2_SIZE, 2 * units.Gi + 512)
+        with mock.patch.object(qemu_img, '_run') as run:
+            for size in sizes:
+                qemu_img.create_empty_qcow2(self._path('%d' % size), size)
+            # A second call (another start of the driver) runs nothing.
+            qemu_img.prepare_empty_qcow2(self.dir)
+        run.assert_not_called()
+        for size in sizes:
+            qemu_img.create(self._path('ref'), 'qcow2', size)
+            self.assertTrue(self._bytes(self._path('ref')) ==
+                            self._bytes(self._path('%d' % size)),
+                            'the file of %d bytes differs' % size)
+
+    def test_prepare_never_raises(self):
+        failed = exception.QemuImgFailed(action='create', path='x',
+                                         reason='boom')
+        with mock.patch.object(qemu_img, '_run', side_effect=failed) as run:
+            qemu_img.prepare_empty_qcow2(self.dir)
+        run.assert_called_once()
+        self.assertIsNone(self.template['prefix'])
+        self.assertIsNone(self.template['confirmed'])
+        self.assertEqual([], os.listdir(self.dir))
+        # The first snapshot then runs qemu-img create itself.
+        self.assert_made_by_qemu_img(self._path('first'), units.Gi)
+
     def test_not_derived_before_the_confirmation(self):
         qemu_img.create_empty_qcow2(self._path('first.qcow2'), units.Gi)
         self.assertIsNotNone(self.template['prefix'])

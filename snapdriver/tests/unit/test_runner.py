@@ -19,14 +19,19 @@ from unittest import mock
 
 import fixtures
 import libvirt
+from oslo_config import fixture as config_fixture
 from oslo_utils import units
+from oslo_utils import uuidutils
 from oslotest import base
 
+from snapdriver import conf
 from snapdriver import exception
 from snapdriver import qemu_img
 from snapdriver import runner
 from snapdriver.strategies import base as strategies_base
 from snapdriver.tests.unit import fakes
+
+CONF = conf.CONF
 
 _XML = """<domain><devices><disk type='file' device='disk'>
 <source file='%s'/><target dev='vda'/>%s</disk></devices></domain>"""
@@ -278,3 +283,62 @@ class CheckSpaceTestCase(base.BaseTestCase):
         self.strategy.space_needed.return_value = self.room + units.Mi
         self.assertRaises(exception.InsufficientSnapshotSpace,
                           runner.check_space, self.request, self.strategy)
+
+
+class PrepareTargetsTestCase(base.BaseTestCase):
+    """prepare_targets: the first snapshot's qemu-img runs, at start."""
+
+    def setUp(self):
+        super().setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.conf.config(host='compute-1')
+        self.snapdir = self.useFixture(fixtures.TempDir()).path
+        self.seen = []
+        self.prepare = self.useFixture(fixtures.MockPatchObject(
+            qemu_img, 'prepare_empty_qcow2', side_effect=self._record)).mock
+
+    def _record(self, directory):
+        self.seen.append((directory, os.path.isdir(directory)))
+
+    def _mkdir(self, name):
+        os.mkdir(os.path.join(self.snapdir, name))
+        return name
+
+    def test_runs_in_a_directory_of_its_own_then_removes_it(self):
+        runner.prepare_targets(self.snapdir)
+        self.prepare.assert_called_once()
+        (directory, existed), = self.seen
+        self.assertTrue(existed)
+        self.assertEqual(self.snapdir, os.path.dirname(directory))
+        self.assertTrue(os.path.basename(directory).startswith(
+            'snapdriver-template-compute-1-'))
+        # Never taken for a snapshot's work directory.
+        self.assertIsNone(runner.parse_workdir_name(
+            os.path.basename(directory)))
+        self.assertEqual([], os.listdir(self.snapdir))
+
+    def test_removes_what_a_killed_start_of_this_host_left(self):
+        self._mkdir('snapdriver-template-compute-1-abc')
+        kept = sorted([
+            self._mkdir('snapdriver-template-compute-2-abc'),
+            self._mkdir('snapdriver-%s-compute-1-abc' % uuidutils.
+                        generate_uuid())])
+        runner.prepare_targets(self.snapdir)
+        self.assertEqual(kept, sorted(os.listdir(self.snapdir)))
+
+    def test_creates_the_snapshots_directory(self):
+        snapdir = os.path.join(self.snapdir, 'snapshots')
+        runner.prepare_targets(snapdir)
+        self.prepare.assert_called_once()
+        self.assertEqual([], os.listdir(snapdir))
+
+    def test_never_raises(self):
+        not_a_dir = os.path.join(self.snapdir, 'file')
+        open(not_a_dir, 'w').close()
+        runner.prepare_targets(not_a_dir)
+        self.prepare.assert_not_called()
+
+    def test_its_directory_is_removed_on_every_exit(self):
+        self.prepare.side_effect = RuntimeError('boom')
+        self.assertRaises(RuntimeError, runner.prepare_targets, self.snapdir)
+        self.assertEqual([], os.listdir(self.snapdir))
