@@ -16,7 +16,7 @@
 #  1. install the [platform:dpkg] packages of bindep.txt that are missing
 #     (apt-get update runs only when something must be installed);
 #  2. make sure virtlogd and libvirtd run (systemctl under systemd, else
-#     the daemons are started directly);
+#     the daemons are started directly, under tools/reaper.py);
 #  3. wait until qemu:///system answers, and report whether /dev/kvm is
 #     usable (domains fall back to TCG without it).
 #
@@ -146,10 +146,14 @@ start_daemon() {
     fi
     # No init system to start it: run the daemon directly. libvirtd needs
     # virtlogd, else starting a domain fails with "Failed to connect
-    # socket to '/run/libvirt/virtlogd-sock'".
-    PATH=$PATH:/usr/sbin:/sbin "${SUDO[@]}" "$daemon" -d ||
+    # socket to '/run/libvirt/virtlogd-sock'". Under tools/reaper.py: the
+    # QEMU processes libvirtd starts are reaped as soon as they exit, as
+    # under systemd (PID 1 of a container may reap them seconds later, and
+    # libvirt waits for that at every managed save and shutdown).
+    PATH=$PATH:/usr/sbin:/sbin "${SUDO[@]}" python3 \
+        "$REPO_ROOT/tools/reaper.py" "$daemon" -d ||
         die "$daemon -d failed"
-    say "started $daemon"
+    say "started $daemon (its orphans reaped by tools/reaper.py)"
 }
 
 wait_for_libvirt() {
