@@ -179,8 +179,10 @@ class ColdInternal(base.SnapshotStrategy):
 
     def capture(self, request, out_path, run):
         marker = self._mark(os.path.dirname(out_path))
-        # The guest is managed-saved or shut off here.
-        self._remove_leftovers(request, False)
+        # NOTE: the guest is managed-saved or shut off here. The internal
+        # snapshots a killed run left were deleted by clean_leftovers,
+        # before the guest was stopped, with the domain's snapshot lock
+        # held since: no qemu-img snapshot -l of them in the downtime.
         name = qemu_img.NAME_PREFIX + uuidutils.generate_uuid(dashed=False)
         with run.phase('snapshot-create'):
             qemu_img.snapshot_create(request.disk_path, name, 'qcow2')

@@ -361,6 +361,17 @@ class ColdInternalRestoreFirstTestCase(base.BaseTestCase):
             self.dom.snapshotCreateXML.return_value.delete.call_args_list)
         self.assertEqual([], os.listdir(self.workdir))
 
+    def test_nothing_listed_while_the_guest_is_down(self):
+        # clean_leftovers deleted a killed run's snapshots before the save.
+        listed = self.useFixture(fixtures.MockPatch(
+            'snapdriver.qemu_img.snapshot_list',
+            return_value=['snapdriver-aa'])).mock
+        self.capture()
+        listed.assert_not_called()
+        self.dom.listAllSnapshots.assert_not_called()
+        self.assertEqual([('snapshot_create', None), ('restore',),
+                          ('convert', True)], self.events)
+
     def test_record_refused_keeps_the_guest_saved(self):
         self.dom.snapshotCreateXML.side_effect = (
             cold_internal.libvirt.libvirtError('unsupported'))
