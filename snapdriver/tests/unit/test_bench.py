@@ -38,6 +38,9 @@ class _Target(object):
     def held():
         yield 'value'
 
+    def method(self, n):
+        return self.inner() + n + 1
+
 
 class TracerTestCase(base.BaseTestCase):
 
@@ -57,6 +60,19 @@ class TracerTestCase(base.BaseTestCase):
         self.assertIs(original, _Target.__dict__['outer'])
         self.assertEqual([('inner', 1), ('outer', 0)],
                          [(e[0], e[1]) for e in self.tracer.events])
+
+    def test_methods_called_through_an_instance(self):
+        # cold-internal's steps: a static method and a method, both
+        # called as self.name(...).
+        self.steps = [(_Target, 'inner', 'inner', False),
+                      (_Target, 'method', 'method', False)]
+        original = _Target.__dict__['inner']
+        with self.tracer.active(self.steps):
+            self.assertEqual(41, _Target().inner())
+            self.assertEqual(43, _Target().method(1))
+        self.assertIs(original, _Target.__dict__['inner'])
+        self.assertEqual(['inner', 'inner', 'method'],
+                         sorted(e[0] for e in self.tracer.events))
 
     def test_a_context_manager_counts_its_enter_only(self):
         with self.tracer.active(self.steps):
