@@ -567,12 +567,14 @@ class EmptyQcow2TestCase(base.BaseTestCase):
                 qemu_img.create_empty_qcow2(self._path('%d' % size), size)
         run.assert_not_called()
         for size in sizes:
-            qemu_img.create(self._path('ref'), 'qcow2', size)
-            self.assertTrue(self._bytes(self._path('ref')) ==
-                            self._bytes(self._path('%d' % size)),
-                            'the file of %d bytes differs' % size)
+            self.assert_as_qemu_img_makes_it(self._path('%d' % size), size)
             self.assertEqual(size, qemu_img.info(self._path('%d' % size),
                                                  'qcow2').virtual_size)
+
+    def assert_as_qemu_img_makes_it(self, path, size):
+        qemu_img.create(self._path('ref'), 'qcow2', size)
+        self.assertTrue(self._bytes(self._path('ref')) == self._bytes(path),
+                        'the file of %d bytes differs' % size)
 
     def assert_made_by_qemu_img(self, path, size):
         with mock.patch.object(qemu_img, 'create',
@@ -592,10 +594,7 @@ class EmptyQcow2TestCase(base.BaseTestCase):
             qemu_img.prepare_empty_qcow2(self.dir)
         run.assert_not_called()
         for size in sizes:
-            qemu_img.create(self._path('ref'), 'qcow2', size)
-            self.assertTrue(self._bytes(self._path('ref')) ==
-                            self._bytes(self._path('%d' % size)),
-                            'the file of %d bytes differs' % size)
+            self.assert_as_qemu_img_makes_it(self._path('%d' % size), size)
 
     def test_prepare_never_raises(self):
         failed = exception.QemuImgFailed(action='create', path='x',
