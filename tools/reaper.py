@@ -37,6 +37,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import tempfile
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -60,6 +61,26 @@ def _reap_forever():
             os.wait()
         except ChildProcessError:
             return
+
+
+def _start(command):
+    """Run ``command``; return '' or what went wrong.
+
+    The command forks its daemon and exits; the daemon, now an orphan,
+    becomes a child of this process. Its errors go to a file, not a pipe:
+    a daemon that kept the pipe open would leave the read waiting for it.
+    """
+    try:
+        with tempfile.TemporaryFile() as errors:
+            done = subprocess.run(command, stderr=errors)
+            errors.seek(0)
+            message = errors.read().decode(errors='replace').strip()
+    except OSError as e:
+        return '%s: %s' % (' '.join(command), e)
+    if done.returncode:
+        return '%s exited with %d: %s' % (' '.join(command),
+                                          done.returncode, message)
+    return ''
 
 
 def main(argv):
@@ -87,12 +108,8 @@ def main(argv):
         error = 'prctl(PR_SET_CHILD_SUBREAPER): %s' % os.strerror(
             ctypes.get_errno())
     for command in [] if error else started:
-        # NOTE: the command forks its daemon and exits; the daemon, now an
-        # orphan, becomes a child of this process.
-        done = subprocess.run(command, stderr=subprocess.PIPE, text=True)
-        if done.returncode:
-            error = '%s exited with %d: %s' % (
-                ' '.join(command), done.returncode, done.stderr.strip())
+        error = _start(command)
+        if error:
             break
     os.write(write_fd, error.encode())
     os.close(write_fd)
