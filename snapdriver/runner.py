@@ -401,7 +401,9 @@ def prepare_targets(snapshots_directory):
     try:
         fileutils.ensure_tree(snapshots_directory)
         for entry in os.listdir(snapshots_directory):
-            if entry.startswith(prefix):
+            # NOTE: mkdtemp's random part holds no dash: the directory of
+            # host "compute-1-a" is not host "compute-1"'s.
+            if entry.startswith(prefix) and '-' not in entry[len(prefix):]:
                 shutil.rmtree(os.path.join(snapshots_directory, entry),
                               ignore_errors=True)
         path = tempfile.mkdtemp(prefix=prefix, dir=snapshots_directory)

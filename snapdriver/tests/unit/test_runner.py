@@ -321,6 +321,7 @@ class PrepareTargetsTestCase(base.BaseTestCase):
         self._mkdir('snapdriver-template-compute-1-abc')
         kept = sorted([
             self._mkdir('snapdriver-template-compute-2-abc'),
+            self._mkdir('snapdriver-template-compute-1-a-abc'),
             self._mkdir('snapdriver-%s-compute-1-abc' % uuidutils.
                         generate_uuid())])
         runner.prepare_targets(self.snapdir)
